@@ -1,0 +1,123 @@
+"""An OpenAI-compatible chat app, guarded by guardrail in two lines.
+
+Offline (no ``OPENAI_API_KEY``) it echoes the last user message, so the demo
+runs anywhere. With a key it answers with a real model (``DEMO_MODEL``,
+default gpt-4o-mini; ``OPENAI_BASE_URL`` points it at any compatible server).
+
+    guardrail demo      # or: uvicorn --factory examples.chat_app:create_app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from openai import AsyncOpenAI
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from guardrail import GuardrailMiddleware, Policy
+
+
+def create_app(
+    policy: str | Policy | None = "default",
+    *,
+    upstream: AsyncOpenAI | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Starlette:
+    """The example chat app; guarded by ``policy`` unless it is None."""
+    if upstream is None and os.environ.get("OPENAI_API_KEY"):
+        upstream = AsyncOpenAI()
+    model = os.environ.get("DEMO_MODEL", "gpt-4o-mini")
+
+    async def chat_completions(request: Request) -> Response:
+        body = await request.json()
+        messages = body.get("messages", [])
+        stream = body.get("stream") is True
+        if upstream is not None:
+            return await _ask_model(upstream, body.get("model") or model, messages, stream)
+        return _echo(messages, stream)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/health", health),
+        ]
+    )
+    if policy is not None:
+        app.add_middleware(GuardrailMiddleware, policy=policy, registry=registry)
+    return app
+
+
+async def _ask_model(
+    upstream: AsyncOpenAI, model: str, messages: list[Any], stream: bool
+) -> Response:
+    if not stream:
+        completion = await upstream.chat.completions.create(model=model, messages=messages)
+        return JSONResponse(completion.model_dump(mode="json", exclude_none=True))
+
+    chunks = await upstream.chat.completions.create(model=model, messages=messages, stream=True)
+
+    async def events() -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _echo(messages: list[Any], stream: bool) -> Response:
+    last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    content = last.get("content")
+    text = content if isinstance(content, str) else json.dumps(content)
+    answer = f"You said: {text}"
+    ident, created = f"chatcmpl-echo-{uuid.uuid4().hex[:12]}", int(time.time())
+    if not stream:
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": "echo",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            }
+        )
+
+    async def events() -> AsyncIterator[bytes]:
+        for i, word in enumerate(answer.split(" ")):
+            delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
+            yield _chunk(ident, created, delta, None)
+            await asyncio.sleep(0.01)
+        yield _chunk(ident, created, {}, "stop")
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _chunk(ident: str, created: int, delta: dict[str, Any], finish: str | None) -> bytes:
+    event = {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": "echo",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(event).encode() + b"\n\n"

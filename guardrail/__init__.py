@@ -1,0 +1,32 @@
+"""guardrail: screen chat requests in parallel with the app, hold the answer, release or refuse.
+
+Errors a user meets:
+
+    PolicyError  - a policy file that cannot be used (file, line, field and why)
+    BadRequest   - a guarded request that cannot be screened (answered 4xx, never passed on)
+    JudgeError   - a judge that gave no verdict (the policy's fail mode decides)
+"""
+
+from guardrail.adapters import BadRequest
+from guardrail.decision import DECISIONS, Decision
+from guardrail.guard import Guard
+from guardrail.judges.base import Judge, JudgeError, JudgeFailure, Verdict
+from guardrail.middleware import GuardrailMiddleware
+from guardrail.policy import Policy, load_policy, parse_policy
+from guardrail.policy_errors import PolicyError
+
+__all__ = [
+    "DECISIONS",
+    "BadRequest",
+    "Decision",
+    "Guard",
+    "GuardrailMiddleware",
+    "Judge",
+    "JudgeError",
+    "JudgeFailure",
+    "Policy",
+    "PolicyError",
+    "Verdict",
+    "load_policy",
+    "parse_policy",
+]

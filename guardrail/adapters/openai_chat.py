@@ -1,0 +1,114 @@
+"""OpenAI chat completions: ``POST /v1/chat/completions`` requests and their refusals."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from guardrail.adapters.base import BadRequest, ChatRequest, Reply, read_json
+
+# Keys whose strings are not text anyone reads as language: roles, ids, and
+# binary payloads (base64 images or audio would only slow the judges down).
+_NOT_TEXT = frozenset(
+    {"role", "type", "id", "tool_call_id", "image_url", "input_audio", "file", "detail"}
+)
+_JSON = [(b"content-type", b"application/json")]
+
+
+class OpenAIChat:
+    """Adapter for the OpenAI chat completions API."""
+
+    def parse_request(self, body: bytes) -> ChatRequest:
+        """Extract every user-controllable string of every message, in order."""
+        data = read_json(body)
+        if not isinstance(data, dict):
+            raise BadRequest("not_chat", "expected a JSON object with a 'messages' list")
+        messages = data.get("messages")
+        if not isinstance(messages, list):
+            raise BadRequest("not_chat", "a chat request needs a 'messages' list")
+        if not messages:
+            raise BadRequest("empty_messages", "'messages' must not be empty")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise BadRequest("not_chat", f"messages[{i}] must be an object with a 'role'")
+        text = "\n\n".join(s for m in messages for s in _strings(m) if s.strip())
+        stream = data.get("stream") is True
+        model = data.get("model")
+        return ChatRequest(
+            text=text, stream=stream, model=model if isinstance(model, str) else None
+        )
+
+    def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply:
+        """A refusal the OpenAI client parses: a content_filter completion, or an error."""
+        if shape == "error":
+            return self.error(BadRequest("content_filter", message, status=status))
+        model = request.model or "guardrail"
+        ident = f"chatcmpl-guardrail-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if request.stream:
+            return Reply(status, _refusal_stream(ident, created, model, message), _SSE)
+        completion = {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": message, "refusal": message},
+                    "finish_reason": "content_filter",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+        return Reply(status, json.dumps(completion).encode(), list(_JSON))
+
+    def error(self, error: BadRequest) -> Reply:
+        """An error body in the shape the OpenAI client raises as ``APIStatusError``."""
+        body = {
+            "error": {
+                "message": error.message,
+                "type": "invalid_request_error" if error.status < 500 else "server_error",
+                "param": None,
+                "code": error.code,
+            }
+        }
+        return Reply(error.status, json.dumps(body).encode(), list(_JSON))
+
+
+_SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+
+
+def _refusal_stream(ident: str, created: int, model: str, message: str) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        event = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+        return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+    return (
+        chunk({"role": "assistant", "content": message}, None)
+        + chunk({}, "content_filter")
+        + b"data: [DONE]\n\n"
+    )
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a message, however nested (content parts, tool calls, names)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _NOT_TEXT:
+                yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)

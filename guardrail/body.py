@@ -1,0 +1,69 @@
+"""Reading a guarded request body: capped, and decoded, so we screen what the app reads."""
+
+from __future__ import annotations
+
+import zlib
+
+from starlette.types import Receive
+
+from guardrail.adapters import BadRequest
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def read_body(receive: Receive, *, cap: int, content_length: str | None) -> bytes:
+    """The whole request body; ``BadRequest`` (413) as soon as it exceeds ``cap`` bytes."""
+    if (
+        content_length is not None
+        and content_length.strip().isdigit()
+        and int(content_length) > cap
+    ):
+        raise _too_large(cap)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise _too_large(cap)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def decode(body: bytes, *, encoding: str | None, cap: int) -> bytes:
+    """Undo a gzip or deflate ``Content-Encoding``, never inflating past ``cap`` bytes."""
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    name = encoding.strip().lower()
+    if name in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif name == "deflate":
+        wbits = zlib.MAX_WBITS
+    else:
+        # Text we cannot decode is text we cannot screen: refuse, never pass it on.
+        raise BadRequest(
+            "unsupported_encoding",
+            f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none",
+            status=415,
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        # max_length bounds the work a compression bomb can cause.
+        plain = inflater.decompress(body, cap + 1)
+    except zlib.error as exc:
+        raise BadRequest("invalid_encoding", f"the body is not valid {name}: {exc}") from None
+    if len(plain) > cap or inflater.unconsumed_tail:
+        raise _too_large(cap)
+    if not inflater.eof:
+        raise BadRequest("invalid_encoding", f"the {name} body is truncated")
+    return plain
+
+
+def _too_large(cap: int) -> BadRequest:
+    return BadRequest("body_too_large", f"the request body is larger than {cap} bytes", status=413)

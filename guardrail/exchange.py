@@ -1,0 +1,158 @@
+"""One guarded request: read, screen while the app runs, then release or refuse.
+
+The app runs from the start, in parallel with the screens, so an allowed
+request costs ``max(app, screen)``. Its response is held (``Hold``) until the
+verdict; a refusal cancels it, which stops its upstream LLM call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from guardrail.adapters import BadRequest, ChatRequest, Reply
+from guardrail.body import ClientGone, decode, read_body
+from guardrail.decision import REFUSING
+from guardrail.guard import Guard, Record
+from guardrail.hold import Hold
+from guardrail.screening import Screening, screen_all
+
+log = logging.getLogger("guardrail")
+
+
+class GuardedExchange:
+    """The state of one guarded request; built per request, never shared."""
+
+    def __init__(self, app: ASGIApp, guard: Guard, scope: Scope, receive: Receive, send: Send):
+        self.app, self.guard = app, guard
+        self.scope, self.receive, self.send = scope, receive, send
+        self.record = Record("abandoned", 0.0)
+        self.disconnected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Guard the request; count it whatever happens, and re-raise the app's errors."""
+        start = time.perf_counter()
+        in_flight = self.guard.metrics.in_flight.labels(self.guard.policy.name)
+        in_flight.inc()
+        try:
+            await self._run()
+        finally:
+            self.record.duration_s = time.perf_counter() - start
+            self.guard.observe(self.record)
+            in_flight.dec()  # last, so a request that is not in flight is counted
+
+    async def _run(self) -> None:
+        try:
+            body, app_scope = await self._read()
+            request = self.guard.adapter.parse_request(body)
+        except ClientGone:
+            return
+        except BadRequest as exc:
+            self.record.decision, self.record.rejected = "rejected", exc.code
+            await self._reply(self.guard.adapter.error(exc))
+            return
+        watcher = asyncio.ensure_future(self._watch_disconnect())
+        hold = Hold(self.send)
+        app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
+        screen_task = asyncio.ensure_future(screen_all(self.guard.screens, request.text))
+        try:
+            await self._respond(request, hold, app_task, screen_task, watcher)
+        finally:
+            for task in (watcher, screen_task, app_task):
+                task.cancel()  # no-op for finished tasks; ends ours if we were cancelled
+
+    async def _respond(
+        self,
+        request: ChatRequest,
+        hold: Hold,
+        app_task: asyncio.Future[None],
+        screen_task: asyncio.Future[Screening],
+        watcher: asyncio.Future[None],
+    ) -> None:
+        first: set[asyncio.Future[Screening] | asyncio.Future[None]] = {screen_task, watcher}
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not screen_task.done():  # the client left before the verdict
+            screen_task.cancel()
+            await self._cancel_app(app_task, "client_disconnected")
+            return
+        screening = screen_task.result()
+        self.record.screening = screening
+        self.record.decision = decision = self.guard.decide(screening)
+        if decision in REFUSING:
+            await self._cancel_app(app_task, "blocked")
+            refusal = self.guard.policy.refusal
+            await self._reply(
+                self.guard.adapter.refusal(
+                    request, message=refusal.message, shape=refusal.shape, status=refusal.status
+                )
+            )
+            return
+        await hold.release()
+        await asyncio.wait({app_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not app_task.done() and hold.released_at is None:
+            # Gone mid-answer. (A disconnect after the last byte is just the
+            # server saying the response is complete: let the app finish.)
+            await self._cancel_app(app_task, "client_disconnected")
+            return
+        await app_task  # re-raises the app's own exception: we do not swallow it
+        self.record.added_latency_s = hold.added_latency_s
+
+    async def _read(self) -> tuple[bytes, Scope]:
+        policy = self.guard.policy
+        headers = Headers(scope=self.scope)
+        raw = await read_body(
+            self.receive, cap=policy.max_body_bytes, content_length=headers.get("content-length")
+        )
+        encoding = headers.get("content-encoding")
+        body = decode(raw, encoding=encoding, cap=policy.max_body_bytes)
+        if body is raw:
+            return body, self.scope
+        # The app gets the decoded body we screened, with headers that say so.
+        kept = [
+            (k, v)
+            for k, v in self.scope["headers"]
+            if k.lower() not in (b"content-encoding", b"content-length")
+        ]
+        kept.append((b"content-length", str(len(body)).encode()))
+        return body, {**self.scope, "headers": kept}
+
+    def _replay(self, body: bytes) -> Receive:
+        sent = False
+
+        async def receive() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await self.disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        return receive
+
+    async def _watch_disconnect(self) -> None:
+        # The only reader of the real receive once the body is in: the app
+        # reads the replay, which learns of a disconnect from here.
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected.set()
+
+    async def _cancel_app(self, app_task: asyncio.Future[None], reason: str) -> None:
+        if app_task.done():
+            if not app_task.cancelled() and app_task.exception() is not None:
+                log.warning(
+                    "the app raised on a request that was not released",
+                    exc_info=app_task.exception(),
+                )
+            return
+        app_task.cancel()
+        await asyncio.gather(app_task, return_exceptions=True)
+        self.record.app_cancelled = reason
+
+    async def _reply(self, reply: Reply) -> None:
+        headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+        await self.send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": reply.body})

@@ -1,0 +1,260 @@
+"""A judge that asks a chat model whether a text falls into the policy's categories.
+
+Two clients, chosen per judge:
+
+- the lean path: one hand-built POST over a shared ``aiohttp`` session, for
+  endpoints that speak the OpenAI chat protocol. The screen runs on every
+  request, and this client costs a fraction of the SDKs' CPU per call;
+- the LiteLLM path: ``litellm.acompletion`` for any other provider. LiteLLM is
+  imported on first use only, because importing it takes seconds.
+
+Both map every failure to ``JudgeError``: ``timeout``, ``rate_limited`` (with
+the server's Retry-After), ``http``, or ``parse``. Cancellation is never
+swallowed, and cancelling ``screen`` closes its HTTP request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+
+from guardrail.judges.base import JudgeError, Verdict
+from guardrail.judges.prompt import VERDICT_SCHEMA, build_messages, parse_verdict
+
+ClientChoice = Literal["auto", "openai", "litellm"]
+
+_OPENAI_PREFIX = "openai/"
+_DEFAULT_OPENAI_BASE = "https://api.openai.com/v1"
+# Bounded so a burst cannot open thousands of sockets to one vendor; waiting
+# for a free connection counts against the judge's timeout.
+_MAX_CONNECTIONS = 100
+
+
+class LLMJudge:
+    """Screens text with one chat model and returns its verdict."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model: str,
+        categories: Sequence[str],
+        api_base: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 5.0,
+        temperature: float = 0.0,
+        max_tokens: int = 200,
+        json_schema: bool = True,
+        client: ClientChoice = "auto",
+    ) -> None:
+        self._name = name
+        self._model = model
+        self._categories = tuple(categories)
+        self._api_base = api_base
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._temperature = temperature
+        self._max_tokens = max_tokens
+        self._json_schema = json_schema
+        self._lean = client == "openai" or (
+            client == "auto" and (api_base is not None or model.startswith(_OPENAI_PREFIX))
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def name(self) -> str:
+        """The judge's name from the policy; a metric label."""
+        return self._name
+
+    @property
+    def client(self) -> Literal["openai", "litellm"]:
+        """Which client this judge resolved to."""
+        return "openai" if self._lean else "litellm"
+
+    async def screen(self, text: str) -> Verdict:
+        """Ask the model about ``text``; raise ``JudgeError`` if it gives no verdict."""
+        messages = build_messages(text, self._categories)
+        started = time.perf_counter()
+        if self._lean:
+            content = await self._complete_lean(messages)
+        else:
+            content = await self._complete_litellm(messages)
+        return parse_verdict(
+            content,
+            judge=self._name,
+            allowed_categories=self._categories,
+            latency_s=time.perf_counter() - started,
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP session, if one was opened."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # --- lean path ---
+
+    async def _complete_lean(self, messages: list[dict[str, str]]) -> str:
+        session = self._lean_session()
+        base = self._api_base or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_OPENAI_BASE
+        url = base.rstrip("/") + "/chat/completions"
+        payload = self._request_body(messages)
+        payload["model"] = self._model.removeprefix(_OPENAI_PREFIX)
+        headers = {"content-type": "application/json"}
+        api_key = self._api_key or os.environ.get("OPENAI_API_KEY")
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with session.post(
+                    url, data=json.dumps(payload).encode(), headers=headers
+                ) as resp:
+                    body = await resp.read()
+        except TimeoutError:
+            raise JudgeError("timeout", f"no answer within {self._timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise JudgeError("http", f"{type(exc).__name__}: {exc}") from exc
+        if resp.status == 429:
+            raise JudgeError(
+                "rate_limited", "HTTP 429", retry_after_s=retry_after_seconds(resp.headers)
+            )
+        if not 200 <= resp.status < 300:
+            raise JudgeError("http", f"HTTP {resp.status}")
+        return _content_of(body)
+
+    def _lean_session(self) -> aiohttp.ClientSession:
+        # Created inside the running loop on first use: nothing is built at
+        # import or construction time, and the session belongs to this loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, keepalive_timeout=30),
+                # The deadline is asyncio.timeout in _complete_lean, over the whole exchange.
+                timeout=aiohttp.ClientTimeout(total=None),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    # --- LiteLLM path ---
+
+    async def _complete_litellm(self, messages: list[dict[str, str]]) -> str:
+        litellm = _import_litellm()
+        import openai  # LiteLLM's exceptions subclass the openai SDK's
+
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await litellm.acompletion(
+                    model=self._model,
+                    messages=messages,
+                    api_base=self._api_base,
+                    api_key=self._api_key,
+                    timeout=self._timeout_s,
+                    max_retries=0,  # the fail mode and the panel decide what happens next
+                    drop_params=True,  # a provider without JSON schema still gets the prompt
+                    **self._request_body([]),
+                )
+        except (TimeoutError, litellm.Timeout):
+            raise JudgeError("timeout", f"no answer within {self._timeout_s:g} s") from None
+        except litellm.RateLimitError as exc:
+            raise JudgeError(
+                "rate_limited", "HTTP 429", retry_after_s=_litellm_retry_after(exc)
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise JudgeError("http", f"{type(exc).__name__}: {exc}") from exc
+        try:
+            content = response.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            raise JudgeError("parse", "response has no choices[0].message") from None
+        if not isinstance(content, str):
+            raise JudgeError("parse", "response message has no text content")
+        return content
+
+    # --- shared ---
+
+    def _request_body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "temperature": self._temperature,
+            "max_tokens": self._max_tokens,
+        }
+        if messages:
+            body["messages"] = messages
+        if self._json_schema:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA},
+            }
+        return body
+
+
+def _import_litellm() -> Any:
+    # Without this LiteLLM downloads its model price map from the internet at
+    # import; with no network that costs seconds. Set just before the first
+    # import so nothing happens at our own import time.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    return litellm
+
+
+def _content_of(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+        content = data["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise JudgeError("parse", "response is not a chat completion") from None
+    if not isinstance(content, str):
+        raise JudgeError("parse", "response message has no text content")
+    return content
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _number(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number >= 0 and number != float("inf") else None
+
+
+def _litellm_retry_after(exc: BaseException) -> float | None:
+    # LiteLLM keeps the provider's headers on the exception; its own
+    # ``response`` may be a synthetic one without them.
+    for headers in (
+        getattr(exc, "litellm_response_headers", None),
+        getattr(exc, "headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+    ):
+        if headers:
+            # httpx.Headers is case-insensitive; a plain dict may not be.
+            lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+            seconds = retry_after_seconds(lowered)
+            if seconds is not None:
+                return seconds
+    return None

@@ -1,0 +1,109 @@
+"""All Prometheus metrics, on an injected registry.
+
+One ``GuardrailMetrics`` exists per registry (several middlewares on the global
+registry share it instead of failing on duplicate names). Label values come
+only from closed sets: policy and judge names from policy files, decisions,
+failure reasons, categories that judges map into known sets.
+"""
+
+from __future__ import annotations
+
+import threading
+from weakref import WeakKeyDictionary
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from guardrail.decision import DECISIONS
+
+# Added latency is the product's promise: fine buckets near zero.
+_ADDED_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GuardrailMetrics:
+    """The metric families guardrail writes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "guardrail_requests",
+            "Guarded requests by the decision they ended in.",
+            ["policy", "decision"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "guardrail_request_duration_seconds",
+            "End-to-end time of a guarded request, by decision.",
+            ["policy", "decision"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.added_latency = Histogram(
+            "guardrail_added_latency_seconds",
+            "From the app's response being complete to its release: what the guard costs.",
+            ["policy"],
+            buckets=_ADDED_BUCKETS,
+            registry=registry,
+        )
+        self.judge_duration = Histogram(
+            "guardrail_judge_duration_seconds",
+            "Time a judge took to answer (or fail).",
+            ["policy", "judge", "stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.judge_errors = Counter(
+            "guardrail_judge_errors",
+            "Judges that gave no verdict, by reason: timeout, http, rate_limited, parse, internal.",
+            ["policy", "judge", "reason"],
+            registry=registry,
+        )
+        self.flags = Counter(
+            "guardrail_flags",
+            "Flags raised by judges, by category.",
+            ["policy", "stage", "judge", "category"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "guardrail_requests_in_flight",
+            "Guarded requests being screened or held right now.",
+            ["policy"],
+            registry=registry,
+        )
+        self.app_cancelled = Counter(
+            "guardrail_app_cancelled",
+            "App generations cancelled before they finished (blocked, or the client left).",
+            ["policy", "reason"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "guardrail_rejected",
+            "Guarded requests refused unscreened because they could not be read, by reason.",
+            ["policy", "reason"],
+            registry=registry,
+        )
+
+    def prepare(self, policy: str, judges: list[str]) -> None:
+        """Create a policy's series at zero, so rates exist before the first event."""
+        for decision in DECISIONS:
+            self.requests.labels(policy, decision)
+        self.added_latency.labels(policy)
+        self.in_flight.labels(policy)
+        for reason in ("blocked", "client_disconnected"):
+            self.app_cancelled.labels(policy, reason)
+        for judge in judges:
+            self.judge_errors.labels(policy, judge, "timeout")
+
+
+_by_registry: WeakKeyDictionary[CollectorRegistry, GuardrailMetrics] = WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def metrics_for(registry: CollectorRegistry | None = None) -> GuardrailMetrics:
+    """The metrics on this registry (the global one by default), created once."""
+    registry = REGISTRY if registry is None else registry
+    with _lock:
+        found = _by_registry.get(registry)
+        if found is None:
+            found = _by_registry[registry] = GuardrailMetrics(registry)
+        return found

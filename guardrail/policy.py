@@ -1,0 +1,271 @@
+"""Policy files: the pydantic models of a policy and the loader that explains errors.
+
+A policy is YAML. Every model forbids unknown keys and is frozen, so a typo is
+an error at load time and a loaded policy cannot drift while requests use it.
+Errors name the file, the line and the field (see ``guardrail.policy_errors``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from guardrail.policy_errors import PolicyError, explain, read_yaml
+
+DEFAULT_POLICY = "default"
+DEFAULT_CATEGORIES = (
+    "violence",
+    "self_harm",
+    "sexual_minors",
+    "hate",
+    "weapons",
+    "illegal_drugs",
+    "prompt_injection",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _compiles(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern {pattern!r} is not a valid regex: {exc}") from None
+    return patterns
+
+
+# --- judges -----------------------------------------------------------------
+
+
+class KeywordJudgeSpec(_Strict):
+    """Flags whole-word keywords and regex patterns listed in the policy."""
+
+    type: Literal["keywords"]
+    keywords: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    category: str = "banned"
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        return _compiles(patterns)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> KeywordJudgeSpec:
+        if not self.keywords and not self.patterns:
+            raise ValueError("a keywords judge needs at least one keyword or pattern")
+        return self
+
+
+class PIIJudgeSpec(_Strict):
+    """Flags personal data and secrets: emails, phone numbers, card numbers, API keys."""
+
+    type: Literal["pii"]
+    kinds: tuple[Literal["email", "phone", "card", "secret"], ...] = (
+        "email",
+        "phone",
+        "card",
+        "secret",
+    )
+
+
+class InjectionJudgeSpec(_Strict):
+    """Flags prompt-injection attempts by heuristics."""
+
+    type: Literal["injection"]
+    extra_patterns: tuple[str, ...] = ()
+
+    @field_validator("extra_patterns")
+    @classmethod
+    def _compile(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        return _compiles(patterns)
+
+
+class LLMJudgeSpec(_Strict):
+    """Asks a chat model (any LiteLLM model string) for a JSON verdict."""
+
+    type: Literal["llm"]
+    model: str = Field(min_length=1)
+    categories: tuple[str, ...] = DEFAULT_CATEGORIES
+    api_base: str | None = None
+    # The key is read from this environment variable, never written in the policy.
+    api_key_env: str | None = None
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    max_tokens: PositiveInt = 200
+    json_schema: bool = True
+    client: Literal["auto", "openai", "litellm"] = "auto"
+
+
+JudgeSpec = Annotated[
+    KeywordJudgeSpec | PIIJudgeSpec | InjectionJudgeSpec | LLMJudgeSpec,
+    Field(discriminator="type"),
+]
+
+
+# --- stages -----------------------------------------------------------------
+
+
+class Route(_Strict):
+    """A path (exact, or a prefix when it ends in ``*``) and the methods guarded on it."""
+
+    path: str
+    methods: tuple[str, ...] = ("POST",)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError("a route path starts with '/'")
+        return path
+
+    @field_validator("methods")
+    @classmethod
+    def _upper(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        if not methods:
+            raise ValueError("list at least one HTTP method")
+        return tuple(m.upper() for m in methods)
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether a request with this method and path is guarded by this route."""
+        if method not in self.methods:
+            return False
+        if self.path.endswith("*"):
+            return path.startswith(self.path[:-1])
+        return path == self.path
+
+
+class Screen(_Strict):
+    """One focused judge run on every guarded request."""
+
+    judge: str
+    timeout_s: PositiveFloat = 2.0
+    # Only flags in these categories count; None counts every category.
+    categories: tuple[str, ...] | None = None
+
+
+class InputStage(_Strict):
+    """The screens run on the request, concurrently with the app."""
+
+    screens: tuple[Screen, ...] = Field(min_length=1)
+
+
+class Refusal(_Strict):
+    """What a refused client gets, in the API's own shape."""
+
+    status: int = Field(default=200, ge=200, le=599)
+    message: str = "Sorry, I can't help with that request."
+    # completion: a normal chat completion with finish_reason "content_filter";
+    # error: an API error body (for clients that treat refusals as errors).
+    shape: Literal["completion", "error"] = "completion"
+
+
+class MetricsSettings(_Strict):
+    """Where the middleware serves Prometheus metrics (None: not served)."""
+
+    path: str | None = "/metrics"
+
+
+# --- the policy --------------------------------------------------------------
+
+
+class Policy(_Strict):
+    """One policy file: what is guarded, by which judges, and what a flag does."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    routes: tuple[Route, ...] = Field(min_length=1)
+    format: Literal["openai_chat"] = "openai_chat"
+    max_body_bytes: PositiveInt = 1_048_576
+    judges: dict[str, JudgeSpec] = Field(min_length=1)
+    input: InputStage
+    # "vote" escalates a flag to a panel; it is validated when the panel exists.
+    on_flag: Literal["block", "log_only"] = "block"
+    on_error: Literal["block", "allow"] = "block"
+    refusal: Refusal = Refusal()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _judges_exist(self) -> Policy:
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "unknown_judge",
+                    "unknown judge '{judge}'; the policy defines: {known}",
+                    {"judge": screen.judge, "known": ", ".join(sorted(self.judges))},
+                ),
+                loc=("input", "screens", i, "judge"),
+                input=screen.judge,
+            )
+            for i, screen in enumerate(self.input.screens)
+            if screen.judge not in self.judges
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
+    def guards(self, method: str, path: str) -> bool:
+        """Whether this request is screened."""
+        return any(route.matches(method, path) for route in self.routes)
+
+
+def digest(text: str) -> str:
+    """A short content hash that names a policy version in metrics and audit records."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
+    """Validate policy YAML; raise ``PolicyError`` naming file, line and field."""
+    data, lines = read_yaml(text, source=source)
+    if not isinstance(data, Mapping):
+        raise PolicyError.single(source, 1, "", "a policy is a YAML mapping of keys to values")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise explain(exc, source=source, data=data, lines=lines) from None
+
+
+def load_policy(source: str | Path | Policy | None = None) -> Policy:
+    """Load a policy from a file path, the name of an embedded policy, or pass one through."""
+    if isinstance(source, Policy):
+        return source
+    if source is None:
+        source = DEFAULT_POLICY
+    path = Path(source)
+    if not path.suffix and not path.exists():
+        return _embedded(str(source))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError.single(str(path), 0, "", f"cannot read policy file: {exc}") from None
+    return parse_policy(text, source=str(path))
+
+
+def _embedded(name: str) -> Policy:
+    resource = resources.files("guardrail") / "policies" / f"{name}.yaml"
+    if not resource.is_file():
+        raise PolicyError.single(name, 0, "", "no such policy file or embedded policy")
+    return parse_policy(resource.read_text(encoding="utf-8"), source=f"<embedded {name}.yaml>")
+
+
+def policy_data(policy: Policy) -> dict[str, Any]:
+    """The policy as plain data (for summaries)."""
+    return policy.model_dump(mode="json")

@@ -1,0 +1,31 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from stub_llm import StubLLM
+
+
+@pytest.fixture
+def stub_llm() -> Iterator[StubLLM]:
+    """A started stub OpenAI-compatible server on 127.0.0.1, stopped after the test."""
+    with StubLLM() as stub:
+        yield stub
+
+
+@pytest.fixture
+def stub_llm_factory() -> Iterator[Callable[..., StubLLM]]:
+    """Start as many stubs as a test needs: ``stub_llm_factory(latency_s=0.1)``."""
+    started: list[StubLLM] = []
+
+    def start(**settings: Any) -> StubLLM:
+        stub = StubLLM(**settings).start()
+        started.append(stub)
+        return stub
+
+    yield start
+    for stub in started:
+        stub.stop()

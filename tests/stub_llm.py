@@ -1,0 +1,285 @@
+"""A stub OpenAI-compatible chat server on 127.0.0.1, for tests and benchmarks.
+
+It runs a real uvicorn server in a background thread with its own event loop,
+so sync and async tests can both talk to it over real HTTP. Behaviour is set
+through plain attributes, read afresh on every request:
+
+    with StubLLM(latency_s=0.2) as stub:
+        stub.reply = '{"flagged": true, "categories": ["violence"], "reason": "x"}'
+        ...  # point a client at stub.base_url
+        assert stub.wait_for(lambda: stub.completed == 1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import uvicorn
+
+DEFAULT_REPLY = '{"flagged": false, "categories": [], "reason": "ok"}'
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class StubLLM:
+    """Serves ``POST /v1/chat/completions`` (and ``/chat/completions``) on a free port."""
+
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        reply: str | Callable[[dict[str, Any]], str] = DEFAULT_REPLY,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        raw_body: bytes | None = None,
+        hang: bool = False,
+        chunk_delay_s: float = 0.0,
+    ) -> None:
+        self.latency_s = latency_s
+        self.reply = reply
+        self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+        self.raw_body = raw_body
+        self.hang = hang
+        self.chunk_delay_s = chunk_delay_s
+        # Records. Only the server thread writes them; tests read them.
+        self.requests: list[dict[str, Any]] = []
+        self.count = 0
+        self.completed = 0
+        self.cancelled = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port = 0
+        self._stopping = False
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``, for OpenAI-style clients."""
+        if not self._port:
+            raise RuntimeError("StubLLM is not started")
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    def reset(self) -> None:
+        """Forget recorded requests and counters (behaviour settings are kept)."""
+        self.requests = []
+        self.count = self.completed = self.cancelled = 0
+
+    def start(self) -> StubLLM:
+        """Start serving in a background thread; return once the server accepts."""
+        if self._server is not None:
+            return self
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app,
+            interface="asgi3",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="stub-llm", daemon=True
+        )
+        self._thread.start()
+        if not self.wait_for(lambda: self._server is not None and self._server.started, 10.0):
+            self.stop()
+            raise RuntimeError("StubLLM did not start within 10 s")
+        return self
+
+    def stop(self) -> None:
+        """Stop the server; hanging requests are cancelled rather than awaited."""
+        if self._server is None:
+            return
+        self._stopping = True
+        self._server.should_exit = True
+        # force_exit: do not wait for hung connections to finish gracefully.
+        self._server.force_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+        self._server = None
+        self._thread = None
+        self._stopping = False
+
+    def __enter__(self) -> StubLLM:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+    # --- the ASGI app (runs in the server thread) ---
+
+    async def _app(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            await self._serve(scope, receive, send)
+        except asyncio.CancelledError:
+            # stop() cancels requests still hanging: answer 503 so uvicorn logs no error.
+            if not self._stopping:
+                raise
+            with contextlib.suppress(Exception):
+                await _send(send, 503, b'{"error": {"message": "stub stopped"}}')
+
+    async def _serve(self, scope: Message, receive: Receive, send: Send) -> None:
+        body = await _read_body(receive)
+        if scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
+            await _send(send, 404, b'{"error": {"message": "not found"}}')
+            return
+        try:
+            request = json.loads(body)
+        except ValueError:
+            await _send(send, 400, b'{"error": {"message": "request body is not JSON"}}')
+            return
+        self.requests.append(request)
+        self.count += 1
+
+        delay = None if self.hang else self.latency_s
+        if (delay is None or delay > 0) and await _disconnected_within(receive, delay):
+            self.cancelled += 1
+            return
+        if request.get("stream") and self.status == 200 and self.raw_body is None:
+            await self._stream(request, receive, send)
+            return
+        if self.raw_body is not None:
+            payload = self.raw_body
+        elif self.status >= 400:
+            error = {"message": f"stub error {self.status}", "type": "stub", "code": self.status}
+            payload = json.dumps({"error": error}).encode()
+        else:
+            payload = json.dumps(_completion(request, self._reply_for(request))).encode()
+        await _send(send, self.status, payload, self.headers)
+        self.completed += 1
+
+    def _reply_for(self, request: dict[str, Any]) -> str:
+        reply = self.reply
+        return reply(request) if callable(reply) else reply
+
+    async def _stream(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        headers = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+        headers.update(self.headers)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+            }
+        )
+        text = self._reply_for(request)
+        size = max(1, -(-len(text) // 4))  # about four chunks
+        pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
+        ident, created, model = _ids(request)
+        for index, piece in enumerate(pieces):
+            if index and self.chunk_delay_s > 0:
+                if await _disconnected_within(receive, self.chunk_delay_s):
+                    self.cancelled += 1
+                    return
+            delta = {"role": "assistant", "content": piece} if index == 0 else {"content": piece}
+            await _sse(send, _chunk(ident, created, model, delta, None))
+        await _sse(send, _chunk(ident, created, model, {}, "stop"))
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        self.completed += 1
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _disconnected_within(receive: Receive, delay: float | None) -> bool:
+    """Wait ``delay`` seconds (forever if None); True if the client hung up first."""
+    # With the body read, receive() only returns once the client disconnects.
+    listener = asyncio.ensure_future(receive())
+    try:
+        done, _ = await asyncio.wait({listener}, timeout=delay)
+    finally:
+        if not listener.done():
+            listener.cancel()
+    return listener in done and listener.result()["type"] == "http.disconnect"
+
+
+async def _send(
+    send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> None:
+    raw_headers = [(b"content-type", b"application/json")]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _sse(send: Send, event: dict[str, Any]) -> None:
+    data = b"data: " + json.dumps(event).encode() + b"\n\n"
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+def _ids(request: dict[str, Any]) -> tuple[str, int, str]:
+    return (
+        f"chatcmpl-stub-{time.monotonic_ns()}",
+        int(time.time()),
+        str(request.get("model", "stub")),
+    )
+
+
+def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
+    ident, created, model = _ids(request)
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    completion_tokens = len(content.split())
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _chunk(
+    ident: str, created: int, model: str, delta: dict[str, str], finish_reason: str | None
+) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
