@@ -17,9 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from guardrail.adapters import BadRequest, ChatRequest, Reply
 from guardrail.body import ClientGone, decode, read_body
 from guardrail.decision import REFUSING
-from guardrail.guard import Guard, Record
+from guardrail.guard import Assessment, Guard, Record
 from guardrail.hold import Hold
-from guardrail.screening import Screening, screen_all
 
 log = logging.getLogger("guardrail")
 
@@ -58,11 +57,11 @@ class GuardedExchange:
         watcher = asyncio.ensure_future(self._watch_disconnect())
         hold = Hold(self.send)
         app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
-        screen_task = asyncio.ensure_future(screen_all(self.guard.screens, request.text))
+        verdict_task = asyncio.ensure_future(self.guard.assess(request.text))
         try:
-            await self._respond(request, hold, app_task, screen_task, watcher)
+            await self._respond(request, hold, app_task, verdict_task, watcher)
         finally:
-            for task in (watcher, screen_task, app_task):
+            for task in (watcher, verdict_task, app_task):
                 task.cancel()  # no-op for finished tasks; ends ours if we were cancelled
 
     async def _respond(
@@ -70,18 +69,17 @@ class GuardedExchange:
         request: ChatRequest,
         hold: Hold,
         app_task: asyncio.Future[None],
-        screen_task: asyncio.Future[Screening],
+        verdict_task: asyncio.Future[Assessment],
         watcher: asyncio.Future[None],
     ) -> None:
-        first: set[asyncio.Future[Screening] | asyncio.Future[None]] = {screen_task, watcher}
+        first: set[asyncio.Future[Assessment] | asyncio.Future[None]] = {verdict_task, watcher}
         await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-        if not screen_task.done():  # the client left before the verdict
-            screen_task.cancel()
+        if not verdict_task.done():  # the client left before the verdict
+            verdict_task.cancel()
             await self._cancel_app(app_task, "client_disconnected")
             return
-        screening = screen_task.result()
-        self.record.screening = screening
-        self.record.decision = decision = self.guard.decide(screening)
+        assessment = self.record.assessment = verdict_task.result()
+        self.record.decision = decision = assessment.decision
         if decision in REFUSING:
             await self._cancel_app(app_task, "blocked")
             refusal = self.guard.policy.refusal

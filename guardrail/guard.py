@@ -6,25 +6,31 @@ judges, screens, an adapter and metrics; the middleware only runs them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
 from guardrail.adapters import ADAPTERS, Adapter
 from guardrail.decision import Decision
-from guardrail.judges.base import Judge, JudgeFailure, Verdict
+from guardrail.factory import build_judge, build_panel
+from guardrail.judges.base import Judge, JudgeFailure
 from guardrail.metrics import GuardrailMetrics, metrics_for
-from guardrail.policy import (
-    InjectionJudgeSpec,
-    JudgeSpec,
-    KeywordJudgeSpec,
-    LLMJudgeSpec,
-    PIIJudgeSpec,
-    Policy,
-)
-from guardrail.policy_errors import PolicyError
-from guardrail.screening import Screen, Screening
+from guardrail.panel import PanelOutcome, PanelRunner
+from guardrail.policy import Policy
+from guardrail.screening import Screen, Screening, screen_all
+
+Trigger = Literal["flag", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The decision on a request's input, and what led to it."""
+
+    decision: Decision
+    screening: Screening
+    panel: PanelOutcome | None = None
+    trigger: Trigger | None = None  # why the panel was convened
 
 
 @dataclass(slots=True)
@@ -33,7 +39,7 @@ class Record:
 
     decision: Decision
     duration_s: float
-    screening: Screening | None = None
+    assessment: Assessment | None = None
     added_latency_s: float | None = None
     app_cancelled: str | None = None  # why the app's generation was cancelled
     rejected: str | None = None  # why the request could not be screened
@@ -47,6 +53,7 @@ class Guard:
     adapter: Adapter
     screens: tuple[Screen, ...]
     judges: dict[str, Judge]
+    panel: PanelRunner | None
     metrics: GuardrailMetrics
 
     @classmethod
@@ -61,17 +68,40 @@ class Guard:
             )
             for s in policy.input.screens
         )
+        panel = build_panel(policy, judges)
         metrics = metrics_for(registry)
         metrics.prepare(policy.name, list(judges))
-        return cls(policy, ADAPTERS[policy.format](), screens, judges, metrics)
+        return cls(policy, ADAPTERS[policy.format](), screens, judges, panel, metrics)
 
-    def decide(self, screening: Screening) -> Decision:
-        """The decision the policy takes on what the input screens said."""
+    async def assess(self, text: str) -> Assessment:
+        """Screen the text; escalate to the panel where the policy says so; decide."""
+        screening = await screen_all(self.screens, text)
+        policy = self.policy
         if screening.flag is not None:
-            return "flagged_allowed" if self.policy.on_flag == "log_only" else "blocked"
-        if screening.failures:
-            return "error_allowed" if self.policy.on_error == "allow" else "error_blocked"
-        return "allowed"
+            if policy.on_flag == "vote":
+                return await self._escalate(text, screening, "flag")
+            decision: Decision = "flagged_allowed" if policy.on_flag == "log_only" else "blocked"
+        elif screening.failures:
+            if policy.on_error == "vote":
+                return await self._escalate(text, screening, "error")
+            decision = "error_allowed" if policy.on_error == "allow" else "error_blocked"
+        else:
+            decision = "allowed"
+        return Assessment(decision, screening)
+
+    async def _escalate(self, text: str, screening: Screening, trigger: Trigger) -> Assessment:
+        assert self.panel is not None and self.policy.panel is not None  # policy-checked
+        outcome = await self.panel.convene(text)
+        decision: Decision
+        if outcome.ruling.outcome == "block":
+            decision = "blocked"
+        elif outcome.ruling.outcome == "allow":
+            decision = "flagged_allowed" if trigger == "flag" else "allowed"
+        elif self.policy.panel.on_no_quorum == "allow":
+            decision = "error_allowed"
+        else:
+            decision = "error_blocked"
+        return Assessment(decision, screening, outcome, trigger)
 
     def observe(self, record: Record) -> None:
         """Count one finished request."""
@@ -84,48 +114,39 @@ class Guard:
             m.app_cancelled.labels(policy, record.app_cancelled).inc()
         if record.rejected:
             m.rejected.labels(policy, record.rejected).inc()
-        if record.screening is not None:
-            for result in record.screening.results:
-                m.judge_duration.labels(policy, result.judge, "input").observe(result.latency_s)
-                if isinstance(result, JudgeFailure):
-                    m.judge_errors.labels(policy, result.judge, result.reason).inc()
-                elif isinstance(result, Verdict) and result.flagged:
-                    for category in result.categories or ("other",):
-                        m.flags.labels(policy, "input", result.judge, category).inc()
+        assessment = record.assessment
+        if assessment is None:
+            return
+        for result in assessment.screening.results:
+            m.judge_duration.labels(policy, result.judge, "input").observe(result.latency_s)
+            if isinstance(result, JudgeFailure):
+                m.judge_errors.labels(policy, result.judge, result.reason).inc()
+            elif result.flagged:
+                for category in result.categories or ("other",):
+                    m.flags.labels(policy, "input", result.judge, category).inc()
+        if assessment.panel is not None and assessment.trigger is not None:
+            self._observe_panel(assessment.panel, assessment.trigger)
+
+    def _observe_panel(self, outcome: PanelOutcome, trigger: Trigger) -> None:
+        m, policy = self.metrics, self.policy.name
+        m.escalations.labels(policy, trigger).inc()
+        m.panel_duration.labels(policy, outcome.ended).observe(outcome.duration_s)
+        m.panel_rulings.labels(policy, trigger, outcome.ruling.outcome).inc()
+        if trigger == "flag" and outcome.ruling.outcome == "allow":
+            m.overturned.labels(policy).inc()
+        for seat in outcome.seats:
+            m.panel_votes.labels(policy, seat.judge, seat.state).inc()
+            if seat.abstained == "cancelled":
+                m.panel_cancelled.labels(policy, seat.judge).inc()
+            elif seat.abstained is not None:
+                m.panel_abstentions.labels(policy, seat.judge, seat.abstained).inc()
+            if seat.result is not None:
+                m.judge_duration.labels(policy, seat.judge, "panel").observe(seat.latency_s)
 
     async def aclose(self) -> None:
         """Close the judges' clients."""
         for judge in self.judges.values():
             await judge.aclose()
-
-
-def build_judge(name: str, spec: JudgeSpec) -> Judge:
-    """One judge from its policy entry."""
-    from guardrail.judges import local
-
-    try:
-        if isinstance(spec, KeywordJudgeSpec):
-            return local.KeywordJudge(
-                name, keywords=spec.keywords, patterns=spec.patterns, category=spec.category
-            )
-        if isinstance(spec, PIIJudgeSpec):
-            return local.PIIJudge(name, kinds=spec.kinds)
-        if isinstance(spec, InjectionJudgeSpec):
-            return local.InjectionJudge(name, extra_patterns=spec.extra_patterns)
-    except ValueError as exc:  # a pattern that does not compile, say
-        raise PolicyError.single("<policy>", 0, f"judges.{name}", str(exc)) from None
-    assert isinstance(spec, LLMJudgeSpec)
-    # Imported here: the LLM client stack costs import time only when a policy uses it.
-    from guardrail.judges.llm import LLMJudge
-
-    return LLMJudge(
-        name=name,
-        model=spec.model,
-        categories=spec.categories,
-        api_base=spec.api_base,
-        api_key=os.environ.get(spec.api_key_env) if spec.api_key_env else None,
-        temperature=spec.temperature,
-        max_tokens=spec.max_tokens,
-        json_schema=spec.json_schema,
-        client=spec.client,
-    )
+        if self.panel is not None:
+            for seat in self.panel.judges:
+                await seat.judge.aclose()

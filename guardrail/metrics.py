@@ -83,6 +83,53 @@ class GuardrailMetrics:
             registry=registry,
         )
 
+        self.escalations = Counter(
+            "guardrail_escalations",
+            "Requests sent to the panel, by trigger: flag (a screen flagged), error (a judge "
+            "failed).",
+            ["policy", "trigger"],
+            registry=registry,
+        )
+        self.panel_duration = Histogram(
+            "guardrail_panel_duration_seconds",
+            "Time the panel took to settle, by why it ended.",
+            ["policy", "ended"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.panel_rulings = Counter(
+            "guardrail_panel_rulings",
+            "Panel rulings by trigger and outcome; with trigger=flag, block is agreement "
+            "with the screen and allow an overturn.",
+            ["policy", "trigger", "outcome"],
+            registry=registry,
+        )
+        self.overturned = Counter(
+            "guardrail_flags_overturned",
+            "Screen flags the panel overturned (false alarms released).",
+            ["policy"],
+            registry=registry,
+        )
+        self.panel_votes = Counter(
+            "guardrail_panel_votes",
+            "Panel seats by how they ended: block, allow or abstain.",
+            ["policy", "judge", "vote"],
+            registry=registry,
+        )
+        self.panel_abstentions = Counter(
+            "guardrail_panel_abstentions",
+            "Panel seats that gave no vote, by reason (timeout, http, rate_limited, parse, "
+            "internal, deadline).",
+            ["policy", "judge", "reason"],
+            registry=registry,
+        )
+        self.panel_cancelled = Counter(
+            "guardrail_panel_stragglers_cancelled",
+            "Panel calls cancelled because the vote was already settled.",
+            ["policy", "judge"],
+            registry=registry,
+        )
+
     def prepare(self, policy: str, judges: list[str]) -> None:
         """Create a policy's series at zero, so rates exist before the first event."""
         for decision in DECISIONS:

@@ -178,6 +178,29 @@ class Refusal(_Strict):
     shape: Literal["completion", "error"] = "completion"
 
 
+class PanelSeat(_Strict):
+    """A judge on the panel: how many samples it gives and what each vote weighs."""
+
+    judge: str
+    samples: int = Field(default=1, ge=1, le=9)
+    # Sampling the same model several times only helps with some randomness.
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    weight: PositiveFloat = 1.0
+
+
+class Panel(_Strict):
+    """Judges that vote on escalated requests; the vote ends as soon as it is settled."""
+
+    judges: tuple[PanelSeat, ...] = Field(min_length=1)
+    quorum: Literal["majority", "unanimous_block", "any_block", "at_least"] = "majority"
+    k: PositiveFloat | None = None  # the block weight that blocks, for at_least
+    tie: Literal["block", "allow", "no_quorum"] = "block"
+    min_votes: PositiveInt = 1
+    deadline_s: PositiveFloat = 5.0
+    # When the panel cannot reach a ruling (too many judges failed, deadline).
+    on_no_quorum: Literal["block", "allow"] = "block"
+
+
 class MetricsSettings(_Strict):
     """Where the middleware serves Prometheus metrics (None: not served)."""
 
@@ -197,26 +220,22 @@ class Policy(_Strict):
     max_body_bytes: PositiveInt = 1_048_576
     judges: dict[str, JudgeSpec] = Field(min_length=1)
     input: InputStage
-    # "vote" escalates a flag to a panel; it is validated when the panel exists.
-    on_flag: Literal["block", "log_only"] = "block"
-    on_error: Literal["block", "allow"] = "block"
+    # vote: escalate to the panel, which decides (on a flag, or when a judge failed).
+    on_flag: Literal["block", "vote", "log_only"] = "block"
+    on_error: Literal["block", "allow", "vote"] = "block"
+    panel: Panel | None = None
     refusal: Refusal = Refusal()
     metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
-    def _judges_exist(self) -> Policy:
+    def _consistent(self) -> Policy:
+        # Cross-field checks live in policy_checks; raised here with exact
+        # locations so they read like every other error: file, line, field.
+        from guardrail.policy_checks import problems
+
         errors = [
-            InitErrorDetails(
-                type=PydanticCustomError(
-                    "unknown_judge",
-                    "unknown judge '{judge}'; the policy defines: {known}",
-                    {"judge": screen.judge, "known": ", ".join(sorted(self.judges))},
-                ),
-                loc=("input", "screens", i, "judge"),
-                input=screen.judge,
-            )
-            for i, screen in enumerate(self.input.screens)
-            if screen.judge not in self.judges
+            InitErrorDetails(type=PydanticCustomError("policy", message), loc=loc, input=None)
+            for loc, message in problems(self)
         ]
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)

@@ -107,7 +107,7 @@ def explain(
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; allowed keys are in the README)"
-        elif error["type"] not in ("missing", "unknown_judge") and "input" in error:
+        elif error["type"] not in ("missing", "policy") and "input" in error:
             message = f"{message} (got {error['input']!r})"
         issues.append(PolicyIssue(source, line, _dotted(path), message))
     return PolicyError(issues)

@@ -57,13 +57,15 @@ class Served:
         return self
 
     def stop(self) -> None:
-        """Stop the server without waiting for hung connections."""
+        """Stop the server: gracefully (lifespan shutdown runs), forced after 3 s."""
         if self._server is None:
             return
         self._server.should_exit = True
-        self._server.force_exit = True
         if self._thread is not None:
-            self._thread.join(timeout=10.0)
+            self._thread.join(timeout=3.0)
+            if self._thread.is_alive():
+                self._server.force_exit = True
+                self._thread.join(timeout=10.0)
         self._server = self._thread = None
 
     def _thread_alive(self) -> bool:

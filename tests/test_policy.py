@@ -88,7 +88,7 @@ def test_embedded_default_is_the_shipped_default() -> None:
         (VALID.replace("type: pii", "type: magic"), 5, "judges.pii", "does not match any"),
         (VALID.replace("name: ok", "name: ok\nname: again"), 2, "", "duplicate key 'name'"),
         (VALID.replace("routes:", "routes: ["), 3, "", "not valid YAML"),
-        (VALID + "on_error: maybe\n", 11, "on_error", "'block' or 'allow'"),
+        (VALID + "on_error: maybe\n", 11, "on_error", "'block', 'allow' or 'vote'"),
         (
             VALID.replace("    type: pii", "    type: keywords\n    patterns: ['(']"),
             7,
