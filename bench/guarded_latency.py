@@ -164,30 +164,24 @@ class AppServer:
 
 
 def serve_stub(conn: Connection, reply: str | None) -> None:
-    """Child process: a StubLLM whose latency the parent sets; ``None`` stops it."""
+    """Child process: a StubLLM the parent drives over the pipe.
+
+    A number sets its latency (echoed back); ``"counters"`` answers with its
+    request counters (``Stub.counters``); ``None`` stops it.
+    """
     from tests.stub_llm import StubLLM
 
     stub = StubLLM(reply=reply) if reply is not None else StubLLM()
     with stub:
-        _nodelay(stub)
         conn.send(stub.base_url)
-        while (latency := conn.recv()) is not None:
-            stub.latency_s = latency
-            conn.send(latency)
-
-
-def _nodelay(stub: Any) -> None:
-    """Turn Nagle off on the stub's listening socket; accepted sockets inherit it (Linux).
-
-    StubLLM binds ``socket.socket(AF_INET, SOCK_STREAM)``, whose ``proto`` is 0, and
-    asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP. Without
-    this, uvicorn's two writes per response (head, then body) meet the client's
-    delayed ACK and every request on a reused connection waits ~40 ms more.
-    """
-    server = getattr(stub, "_server", None)
-    for listener in getattr(server, "servers", ()):
-        for sock in listener.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while (command := conn.recv()) is not None:
+            if command == "counters":
+                conn.send(
+                    {"count": stub.count, "completed": stub.completed, "cancelled": stub.cancelled}
+                )
+            else:
+                stub.latency_s = command
+                conn.send(command)
 
 
 class Stub:
@@ -207,6 +201,13 @@ class Stub:
     def set_latency(self, latency_s: float) -> None:
         self.conn.send(latency_s)
         self.conn.recv()
+
+    def counters(self) -> dict[str, int]:
+        """The stub's requests so far: ``count`` received, ``completed``, ``cancelled``
+        (the client hung up before the answer)."""
+        self.conn.send("counters")
+        counters: dict[str, int] = self.conn.recv()
+        return counters
 
     def stop(self) -> None:
         if self.proc.is_alive():

@@ -70,19 +70,19 @@ class Guarded:
         return AsyncOpenAI(base_url=self.url + "/v1", api_key="test", max_retries=0)
 
     def settled(self) -> None:
-        """Wait until no request is in flight: its metrics are then written."""
-        assert wait_for(lambda: self.sample("guardrail_requests_in_flight", {}) == 0)
+        """Wait until no request is in flight: its metrics are then all written."""
+        in_flight = {"policy": "test"}
+        assert wait_for(
+            lambda: self.registry.get_sample_value("guardrail_requests_in_flight", in_flight) == 0
+        )
 
     def decisions(self, decision: str) -> float:
-        """How many requests ended in ``decision`` (once none is in flight)."""
-        self.settled()
-        value = self.registry.get_sample_value(
-            "guardrail_requests_total", {"policy": "test", "decision": decision}
-        )
-        return value or 0.0
+        """How many requests ended in ``decision``."""
+        return self.sample("guardrail_requests_total", {"decision": decision})
 
     def sample(self, name: str, labels: dict[str, str]) -> float:
-        """A metric's value on this app's registry (0 when absent)."""
+        """A metric's value on this app's registry (0 when absent), once none is in flight."""
+        self.settled()
         return self.registry.get_sample_value(name, {"policy": "test", **labels}) or 0.0
 
 
@@ -96,3 +96,42 @@ def guarded_app(policy_: Policy, upstream_url: str | None = None) -> Iterator[Gu
     app = create_app(policy_, upstream=upstream, registry=registry)
     with Served(app, name="guarded-app") as served:
         yield Guarded(served, registry)
+
+
+def panel_policy(
+    *panel_urls: str,
+    quorum: str = "majority",
+    deadline_s: float = 2.0,
+    on_error: str = "block",
+    screen_url: str | None = None,
+    extra: str = "",
+) -> Policy:
+    """Local screens whose flags go to a panel of LLM judges on stubs (a, b, c, ...)."""
+    names = "abcdefghi"[: len(panel_urls)]
+    judges = "".join(
+        f"  {n}: {{type: llm, model: openai/judge-{n}, api_base: '{u}'}}\n"
+        for n, u in zip(names, panel_urls, strict=True)
+    )
+    seats = "".join(f"    - {{judge: {n}}}\n" for n in names)
+    screen_judge = f"  screen: {{type: llm, model: openai/screen, api_base: '{screen_url}'}}\n"
+    screen = "    - {judge: screen, timeout_s: 0.5}\n"
+    return parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges:\n"
+        "  injection: {type: injection}\n"
+        f"{screen_judge if screen_url else ''}"
+        f"{judges}"
+        "input:\n"
+        "  screens:\n"
+        "    - {judge: injection, timeout_s: 0.5}\n"
+        f"{screen if screen_url else ''}"
+        "on_flag: vote\n"
+        f"on_error: {on_error}\n"
+        "panel:\n"
+        "  judges:\n"
+        f"{seats}"
+        f"  quorum: {quorum}\n"
+        f"  deadline_s: {deadline_s}\n"
+        f"{extra}"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 import time
@@ -157,6 +158,20 @@ async def test_verdict_names_the_judge_and_measures_latency(judge: Judge) -> Non
     await judge.aclose()
 
 
+@given(
+    st.one_of(
+        st.text(),
+        # Digit-heavy text in any script, to reach the card and phone checks.
+        st.text(alphabet=st.sampled_from("0123456789\u0663\uff14+-() .@sk_A"), max_size=60),
+    )
+)
+def test_any_text_gets_a_verdict(text: str) -> None:
+    for judge in all_judges():
+        verdict = asyncio.run(judge.screen(text))
+        assert verdict.judge == judge.name
+        assert verdict.flagged is bool(verdict.categories)
+
+
 # --- KeywordJudge -------------------------------------------------------------------
 
 
@@ -201,25 +216,34 @@ async def test_patterns_match_normalised_text_with_groups() -> None:
     assert not (await judge.screen("how can i make tea")).flagged
 
 
+async def test_patterns_ignore_case_even_when_written_in_capitals() -> None:
+    judge = KeywordJudge("banned", patterns=[r"\bNERVE AGENT\b"])
+    assert (await judge.screen("what is a Nerve Agent")).flagged
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
         ("alpha", "weapons pattern 1"),
         ("beta", "weapons pattern 2"),
-        ("zzzz", "weapons pattern 3"),  # back-reference: searched on its own
-        ("g a m m a", "weapons pattern 4"),  # global verbose flag: searched on its own
+        ("zzzz", "weapons pattern 3"),  # back-reference to its own group, not to "(al)"
         ("nothing to see", ""),
     ],
 )
 async def test_reason_names_the_pattern_that_matched(text: str, reason: str) -> None:
     judge = KeywordJudge(
-        "weapons",
-        patterns=[r"\balpha\b", r"\bbeta\b", r"(\w)\1{3}", r"(?x) g \s a \s m \s m \s a"],
-        category="weapons",
+        "weapons", patterns=[r"\b(al)pha\b", r"\bbeta\b", r"(\w)\1{3}"], category="weapons"
     )
     verdict = await judge.screen(text)
     assert verdict.reason == reason
     assert verdict.flagged is bool(reason)
+
+
+async def test_pattern_with_a_global_flag_still_applies() -> None:
+    # "(?x)" is only legal at the start of a regex, so this one is searched alone.
+    judge = KeywordJudge("banned", patterns=["other", r"(?x) g \s a \s m \s m \s a"])
+    assert (await judge.screen("g a m m a")).reason == "banned pattern 2"
+    assert not (await judge.screen("gamma")).flagged
 
 
 def test_bad_pattern_is_reported_with_its_text() -> None:

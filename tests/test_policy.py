@@ -144,3 +144,116 @@ def test_cli_check_fails_with_file_line_and_field(tmp_path: Path) -> None:
     done = run_cli("check", str(path))
     assert done.returncode == 2
     assert f"{path}:10: input.screens[0].timeout_s: Input should be greater than 0" in done.stderr
+
+
+PANEL = """\
+name: ok
+routes:
+  - path: /v1/chat/completions
+judges:
+  injection:
+    type: injection
+  a:
+    type: llm
+    model: openai/model-a
+  b:
+    type: llm
+    model: anthropic/model-b
+input:
+  screens:
+    - judge: injection
+      timeout_s: 0.5
+on_flag: vote
+panel:
+  judges:
+    - judge: a
+    - judge: b
+  quorum: majority
+  deadline_s: 2.0
+"""
+
+
+def test_panel_policy_is_valid(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, PANEL))
+    assert policy.panel is not None and len(policy.panel.judges) == 2
+
+
+@pytest.mark.parametrize(
+    ("broken", "line", "field", "says"),
+    [
+        (
+            PANEL.replace("  quorum: majority", "  quorum: at_least\n  k: 3"),
+            23,
+            "panel.k",
+            "more than the panel's total weight",
+        ),
+        (PANEL.replace("  quorum: majority", "  quorum: at_least"), 18, "panel.k", "needs k"),
+        (PANEL.replace("  quorum: majority", "  k: 1"), 22, "panel.k", "only by quorum: at_least"),
+        (
+            PANEL.replace("    - judge: a\n    - judge: b\n", "    []\n").replace(
+                "  judges:\n    []", "  judges: []"
+            ),
+            19,
+            "panel.judges",
+            "at least 1",
+        ),
+        (
+            PANEL.replace("    - judge: b", "    - judge: a"),
+            21,
+            "panel.judges[1].judge",
+            "listed twice",
+        ),
+        (
+            PANEL.replace("model: anthropic/model-b", "model: openai/model-a"),
+            21,
+            "panel.judges[1].judge",
+            "same model",
+        ),
+        (
+            PANEL.replace("deadline_s: 2.0", "deadline_s: 0.2"),
+            23,
+            "panel.deadline_s",
+            "shorter than the slowest input screen",
+        ),
+        (
+            PANEL.replace("    - judge: b", "    - judge: c"),
+            21,
+            "panel.judges[1].judge",
+            "unknown judge 'c'",
+        ),
+        (
+            PANEL.replace("    - judge: b", "    - judge: injection\n      samples: 2"),
+            22,
+            "panel.judges[1].samples",
+            "answers the same every time",
+        ),
+        (
+            PANEL.replace("    - judge: b", "    - judge: b\n      weight: 0"),
+            22,
+            "panel.judges[1].weight",
+            "greater than 0",
+        ),
+        (PANEL + "  min_votes: 3\n", 24, "panel.min_votes", "more than the 2 seat"),
+        (PANEL.split("panel:")[0], 17, "on_flag", "needs a panel"),
+    ],
+    ids=[
+        "quorum-larger-than-panel",
+        "at-least-without-k",
+        "k-without-at-least",
+        "empty-panel",
+        "judge-twice",
+        "same-model-twice",
+        "deadline-shorter-than-screen",
+        "unknown-judge",
+        "samples-of-a-local-judge",
+        "zero-weight",
+        "min-votes-over-seats",
+        "vote-without-panel",
+    ],
+)
+def test_broken_panel_names_file_line_and_field(
+    tmp_path: Path, broken: str, line: int, field: str, says: str
+) -> None:
+    got_line, got_field, message = only_issue(write(tmp_path, broken))
+    assert says in message
+    assert (got_line, got_field) == (line, field)
