@@ -48,6 +48,7 @@ class GuardedExchange:
         try:
             body, app_scope = await self._read()
             request = self.guard.adapter.parse_request(body)
+            self.record.text = request.text
         except ClientGone:
             return
         except BadRequest as exc:

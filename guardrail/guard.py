@@ -43,6 +43,7 @@ class Record:
     added_latency_s: float | None = None
     app_cancelled: str | None = None  # why the app's generation was cancelled
     rejected: str | None = None  # why the request could not be screened
+    text: str | None = None  # what was screened; the audit trail hashes it unless told not to
 
 
 @dataclass(frozen=True, slots=True)
