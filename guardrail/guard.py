@@ -6,7 +6,7 @@ judges, screens, an adapter and metrics; the middleware only runs them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from prometheus_client import CollectorRegistry
@@ -18,9 +18,11 @@ from guardrail.judges.base import Judge, JudgeFailure
 from guardrail.metrics import GuardrailMetrics, metrics_for
 from guardrail.panel import PanelOutcome, PanelRunner
 from guardrail.policy import Policy
+from guardrail.policy import Screen as ScreenSpec
 from guardrail.screening import Screen, Screening, screen_all
 
 Trigger = Literal["flag", "error"]
+Stage = Literal["input", "output"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,7 @@ class Assessment:
     screening: Screening
     panel: PanelOutcome | None = None
     trigger: Trigger | None = None  # why the panel was convened
+    stage: Stage = "input"
 
 
 @dataclass(slots=True)
@@ -44,6 +47,9 @@ class Record:
     app_cancelled: str | None = None  # why the app's generation was cancelled
     rejected: str | None = None  # why the request could not be screened
     text: str | None = None  # what was screened; the audit trail hashes it unless told not to
+    outputs: list[Assessment] = field(default_factory=list)  # one per screened answer window
+    first_byte_s: float | None = None  # when the first body byte reached the client
+    stream_cut: str | None = None  # why a streamed answer was cut short
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,7 @@ class Guard:
     policy: Policy
     adapter: Adapter
     screens: tuple[Screen, ...]
+    output_screens: tuple[Screen, ...]
     judges: dict[str, Judge]
     panel: PanelRunner | None
     metrics: GuardrailMetrics
@@ -61,36 +68,41 @@ class Guard:
     def build(cls, policy: Policy, *, registry: CollectorRegistry | None = None) -> Guard:
         """Build judges, screens, adapter and metrics for a policy."""
         judges = {name: build_judge(name, spec) for name, spec in policy.judges.items()}
-        screens = tuple(
-            Screen(
-                judges[s.judge],
-                s.timeout_s,
-                frozenset(s.categories) if s.categories is not None else None,
+
+        def bind(specs: tuple[ScreenSpec, ...]) -> tuple[Screen, ...]:
+            return tuple(
+                Screen(judges[s.judge], s.timeout_s, frozenset(s.categories or ()) or None)
+                for s in specs
             )
-            for s in policy.input.screens
-        )
+
+        screens = bind(policy.input.screens)
+        output_screens = bind(policy.output.screens) if policy.output else ()
         panel = build_panel(policy, judges)
         metrics = metrics_for(registry)
         metrics.prepare(policy.name, list(judges))
-        return cls(policy, ADAPTERS[policy.format](), screens, judges, panel, metrics)
+        adapter = ADAPTERS[policy.format]()
+        return cls(policy, adapter, screens, output_screens, judges, panel, metrics)
 
-    async def assess(self, text: str) -> Assessment:
+    async def assess(self, text: str, stage: Stage = "input") -> Assessment:
         """Screen the text; escalate to the panel where the policy says so; decide."""
-        screening = await screen_all(self.screens, text)
+        screens = self.screens if stage == "input" else self.output_screens
+        screening = await screen_all(screens, text)
         policy = self.policy
         if screening.flag is not None:
             if policy.on_flag == "vote":
-                return await self._escalate(text, screening, "flag")
+                return await self._escalate(text, screening, "flag", stage)
             decision: Decision = "flagged_allowed" if policy.on_flag == "log_only" else "blocked"
         elif screening.failures:
             if policy.on_error == "vote":
-                return await self._escalate(text, screening, "error")
+                return await self._escalate(text, screening, "error", stage)
             decision = "error_allowed" if policy.on_error == "allow" else "error_blocked"
         else:
             decision = "allowed"
-        return Assessment(decision, screening)
+        return Assessment(decision, screening, stage=stage)
 
-    async def _escalate(self, text: str, screening: Screening, trigger: Trigger) -> Assessment:
+    async def _escalate(
+        self, text: str, screening: Screening, trigger: Trigger, stage: Stage
+    ) -> Assessment:
         assert self.panel is not None and self.policy.panel is not None  # policy-checked
         outcome = await self.panel.convene(text)
         decision: Decision
@@ -102,7 +114,7 @@ class Guard:
             decision = "error_allowed"
         else:
             decision = "error_blocked"
-        return Assessment(decision, screening, outcome, trigger)
+        return Assessment(decision, screening, outcome, trigger, stage)
 
     def observe(self, record: Record) -> None:
         """Count one finished request."""
@@ -115,16 +127,25 @@ class Guard:
             m.app_cancelled.labels(policy, record.app_cancelled).inc()
         if record.rejected:
             m.rejected.labels(policy, record.rejected).inc()
-        assessment = record.assessment
-        if assessment is None:
-            return
+        if record.first_byte_s is not None:
+            m.first_byte.labels(policy).observe(record.first_byte_s)
+        if record.stream_cut:
+            m.streams_cut.labels(policy, record.stream_cut).inc()
+        if record.outputs:
+            m.windows.labels(policy).inc(len(record.outputs))
+        assessments = [record.assessment] if record.assessment else []
+        for assessment in assessments + record.outputs:
+            self._observe_assessment(assessment)
+
+    def _observe_assessment(self, assessment: Assessment) -> None:
+        m, policy, stage = self.metrics, self.policy.name, assessment.stage
         for result in assessment.screening.results:
-            m.judge_duration.labels(policy, result.judge, "input").observe(result.latency_s)
+            m.judge_duration.labels(policy, result.judge, stage).observe(result.latency_s)
             if isinstance(result, JudgeFailure):
                 m.judge_errors.labels(policy, result.judge, result.reason).inc()
             elif result.flagged:
                 for category in result.categories or ("other",):
-                    m.flags.labels(policy, "input", result.judge, category).inc()
+                    m.flags.labels(policy, stage, result.judge, category).inc()
         if assessment.panel is not None and assessment.trigger is not None:
             self._observe_panel(assessment.panel, assessment.trigger)
 

@@ -82,6 +82,12 @@ class GuardrailMetrics:
             ["policy", "reason"],
             registry=registry,
         )
+        self.audit_write_failures = Counter(
+            "guardrail_audit_write_failures",
+            "Audit records not written (sink: logger, file): queue full, disk error, closed.",
+            ["policy", "sink"],
+            registry=registry,
+        )
 
         self.escalations = Counter(
             "guardrail_escalations",
@@ -127,6 +133,27 @@ class GuardrailMetrics:
             "guardrail_panel_stragglers_cancelled",
             "Panel calls cancelled because the vote was already settled.",
             ["policy", "judge"],
+            registry=registry,
+        )
+
+        self.first_byte = Histogram(
+            "guardrail_time_to_first_byte_seconds",
+            "From a request's arrival to the first answer byte reaching the client.",
+            ["policy"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.windows = Counter(
+            "guardrail_output_windows",
+            "Windows of the app's answer screened before (hold-back) or while (optimistic) "
+            "they were released.",
+            ["policy"],
+            registry=registry,
+        )
+        self.streams_cut = Counter(
+            "guardrail_streams_cut",
+            "Streamed answers ended early with a refusal, by reason (flag, error, idle).",
+            ["policy", "reason"],
             registry=registry,
         )
 

@@ -168,6 +168,22 @@ class InputStage(_Strict):
     screens: tuple[Screen, ...] = Field(min_length=1)
 
 
+class OutputStage(_Strict):
+    """The screens run on the app's answer before it reaches the client."""
+
+    screens: tuple[Screen, ...] = Field(min_length=1)
+    # hold_back: a window of a streamed answer is released only once it passed.
+    # optimistic: released at once and screened alongside; a flag cuts the stream,
+    # but the client may already have seen the flagged window.
+    mode: Literal["hold_back", "optimistic"] = "hold_back"
+    window_chars: PositiveInt = 400
+    # Each window is screened with the end of the previous one, so a phrase split
+    # across two windows is still seen whole.
+    overlap_chars: int = Field(default=40, ge=0)
+    idle_timeout_s: PositiveFloat = 30.0  # a stream silent this long ends by on_error
+    max_event_bytes: PositiveInt = 65_536  # a larger event is screened in pieces
+
+
 class Refusal(_Strict):
     """What a refused client gets, in the API's own shape."""
 
@@ -201,6 +217,27 @@ class Panel(_Strict):
     on_no_quorum: Literal["block", "allow"] = "block"
 
 
+class Audit(_Strict):
+    """The audit trail: one JSON record per guarded request (see ``guardrail.audit``)."""
+
+    # logger: INFO on "guardrail.audit", silent until the app configures logging;
+    # file: JSON lines, rotated; none: no trail.
+    sink: Literal["none", "logger", "file"] = "logger"
+    path: str | None = None  # the file sink's file
+    max_bytes: PositiveInt = 10_485_760  # rotate before a file would grow past this
+    backups: int = Field(default=5, ge=0)  # rotated files kept: path.1 (newest) .. path.N
+    include_text: bool = False  # raw user text in records; off: only a salted hash
+    # The hash salt is read from this environment variable; unset: random per process.
+    salt_env: str | None = None
+    queue_size: PositiveInt = 10_000  # records waiting for the writer; beyond: dropped, counted
+
+    @model_validator(mode="after")
+    def _file_has_path(self) -> Audit:
+        if self.sink == "file" and not self.path:
+            raise ValueError("the file sink needs a path")
+        return self
+
+
 class MetricsSettings(_Strict):
     """Where the middleware serves Prometheus metrics (None: not served)."""
 
@@ -220,12 +257,14 @@ class Policy(_Strict):
     max_body_bytes: PositiveInt = 1_048_576
     judges: dict[str, JudgeSpec] = Field(min_length=1)
     input: InputStage
+    output: OutputStage | None = None
     # vote: escalate to the panel, which decides (on a flag, or when a judge failed).
     on_flag: Literal["block", "vote", "log_only"] = "block"
     on_error: Literal["block", "allow", "vote"] = "block"
     panel: Panel | None = None
     refusal: Refusal = Refusal()
     metrics: MetricsSettings = MetricsSettings()
+    audit: Audit = Audit()
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:

@@ -20,6 +20,13 @@ def problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
         if screen.judge not in policy.judges:
             loc = ("input", "screens", i, "judge")
             yield loc, f"unknown judge '{screen.judge}'; the policy defines: {known}"
+    if policy.output is not None:
+        for i, screen in enumerate(policy.output.screens):
+            if screen.judge not in policy.judges:
+                loc = ("output", "screens", i, "judge")
+                yield loc, f"unknown judge '{screen.judge}'; the policy defines: {known}"
+        if policy.output.overlap_chars >= policy.output.window_chars:
+            yield ("output", "overlap_chars"), "the overlap must be smaller than window_chars"
     uses_panel = policy.on_flag == "vote" or policy.on_error == "vote"
     if uses_panel and policy.panel is None:
         field = "on_flag" if policy.on_flag == "vote" else "on_error"
