@@ -164,6 +164,7 @@ class Round:
     ended: str
     votes: list[str]  # per seat, fastest judge first: block/allow or why it abstained
     cancelled_seats: int
+    last_vote_ms: float  # when the last vote the panel counted came in
     stub_cancelled: list[str]  # judges whose stub saw its request closed
     stub_completed: list[str]
 
@@ -225,6 +226,7 @@ async def run_panel(
                 ended=outcome.ended,
                 votes=[s.abstained or s.state for s in outcome.seats],
                 cancelled_seats=sum(s.cancelled for s in outcome.seats),
+                last_vote_ms=max(s.latency_s for s in outcome.seats if not s.abstained) * 1000,
                 stub_cancelled=[n for n, c in change.items() if c["cancelled"]],
                 stub_completed=[n for n, c in change.items() if c["completed"]],
             )
@@ -234,7 +236,8 @@ async def run_panel(
                 f"  {tag} panel {r.panel_ms:7.1f} ms"
                 f"  /{SLOWEST_MS} ms {r.panel_ms / SLOWEST_MS:.3f}"
                 f"  /{THIRD_MS} ms {r.panel_ms / THIRD_MS:.3f}  ruling {r.outcome}"
-                f" ({r.reason}, ended {r.ended})  seats cancelled {r.cancelled_seats}"
+                f" ({r.reason}, ended {r.ended})  last vote at {r.last_vote_ms:.1f} ms"
+                f"  seats cancelled {r.cancelled_seats}"
                 f"  votes [{' '.join(r.votes)}]  stubs cancelled: {stubs_cut}",
                 flush=True,
             )
@@ -290,6 +293,7 @@ async def run_panel(
 @dataclass
 class RefusalRun:
     refusal_ms: list[float] = field(default_factory=list)
+    refused: int = 0  # answered 200 with finish_reason content_filter
     bare_ms: list[float] = field(default_factory=list)
     app_stub: dict[str, int] = field(default_factory=dict)
     slow_stub: dict[str, int] = field(default_factory=dict)
@@ -344,7 +348,7 @@ async def run_refusals(
         elapsed, problem = await refuse_one(session, url)
         out.refusal_ms.append(elapsed * 1000)
         print(f"  refusal {i + 1:<2} {elapsed * 1000:7.1f} ms  {problem or 'content_filter'}")
-        checks.expect(problem is None, f"refusal {i + 1}: {problem}")
+        out.refused += checks.expect(problem is None, f"refusal {i + 1}: {problem}")
     after, settled = await settled_counters(
         stubs,
         lambda c: (
@@ -415,7 +419,7 @@ def print_summary(early: PanelRun, waited: PanelRun, refusals: RefusalRun) -> No
     print()
     header = (
         f"{'measurement':<40} {'n':>3} {'p50 ms':>8} {'max ms':>8} {'p50/3000':>8}"
-        f" {'p50/200':>8} {'ruling (reason, ended)':<30} {'cut/round':>9}"
+        f" {'p50/200':>8} {'ruling (reason, ended)':<30} {'cut/round':>9} {'vote->end':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -423,10 +427,11 @@ def print_summary(early: PanelRun, waited: PanelRun, refusals: RefusalRun) -> No
         r = run.rounds
         rulings = sorted({f"{x.outcome} ({x.reason}, {x.ended})" for x in r})
         cut = statistics.median(x.cancelled_seats for x in r)
+        tail = statistics.median(x.panel_ms - x.last_vote_ms for x in r)
         print(
             f"{'panel ' + run.label:<40} {len(r):>3} {run.p50_ms:>8.1f} {run.max_ms:>8.1f}"
             f" {run.p50_ms / SLOWEST_MS:>8.3f} {run.p50_ms / THIRD_MS:>8.3f}"
-            f" {' | '.join(rulings):<30} {cut:>9g}"
+            f" {' | '.join(rulings):<30} {cut:>9g} {tail:>9.1f}"
         )
     print(
         f"{'  early stop saves (p50)':<40} {'':>3} {waited.p50_ms - early.p50_ms:>8.1f}"
@@ -438,7 +443,7 @@ def print_summary(early: PanelRun, waited: PanelRun, refusals: RefusalRun) -> No
         print(
             f"{'HTTP: time to refusal (guarded, blocked)':<40} {len(ref):>3} {ref50:>8.1f}"
             f" {max(ref):>8.1f} {ref50 / SLOWEST_MS:>8.3f} {ref50 / THIRD_MS:>8.3f}"
-            f" {'refused (content_filter)':<30}"
+            f" {f'refused {refusals.refused}/{len(ref)} (content_filter)':<30}"
         )
         print(
             f"{'HTTP: bare app, benign (upstream 1000)':<40} {len(bare):>3} {bare50:>8.1f}"
@@ -454,7 +459,9 @@ def print_summary(early: PanelRun, waited: PanelRun, refusals: RefusalRun) -> No
     print(
         f"p50/3000, p50/200: p50 over the slowest judge ({SLOWEST_MS} ms) and over the"
         f" third-fastest ({THIRD_MS} ms: the vote that makes a majority of five). cut/round:"
-        " seats cancelled per round (median). Panel rows: convene() in this process;"
+        " seats cancelled per round (median). vote->end: ms from the last vote counted to"
+        " convene() returning, stragglers cancelled (median). Panel rows: convene() in this"
+        " process;"
         " HTTP rows: client-side, the example app under uvicorn in a subprocess."
     )
 

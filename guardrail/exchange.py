@@ -16,9 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail.adapters import BadRequest, ChatRequest, Reply
 from guardrail.body import ClientGone, decode, read_body
-from guardrail.decision import REFUSING
+from guardrail.decision import REFUSING, Decision
 from guardrail.guard import Assessment, Guard, Record
 from guardrail.hold import Hold
+from guardrail.output import AnswerScreen
 
 log = logging.getLogger("guardrail")
 
@@ -31,16 +32,17 @@ class GuardedExchange:
         self.scope, self.receive, self.send = scope, receive, send
         self.record = Record("abandoned", 0.0)
         self.disconnected = asyncio.Event()
+        self.started = time.perf_counter()
+        self.sent_all_at: float | None = None  # the response's last byte went to the server
 
     async def run(self) -> None:
         """Guard the request; count it whatever happens, and re-raise the app's errors."""
-        start = time.perf_counter()
         in_flight = self.guard.metrics.in_flight.labels(self.guard.policy.name)
         in_flight.inc()
         try:
             await self._run()
         finally:
-            self.record.duration_s = time.perf_counter() - start
+            self.record.duration_s = time.perf_counter() - self.started
             self.guard.observe(self.record)
             in_flight.dec()  # last, so a request that is not in flight is counted
 
@@ -56,7 +58,7 @@ class GuardedExchange:
             await self._reply(self.guard.adapter.error(exc))
             return
         watcher = asyncio.ensure_future(self._watch_disconnect())
-        hold = Hold(self.send)
+        hold = Hold(self._to_client)
         app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
         verdict_task = asyncio.ensure_future(self.guard.assess(request.text))
         try:
@@ -90,15 +92,71 @@ class GuardedExchange:
                 )
             )
             return
+        if self.guard.output_screens:
+            await self._release_screened(request, hold, app_task, watcher)
+            return
         await hold.release()
         await asyncio.wait({app_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not app_task.done() and hold.released_at is None:
+        if not app_task.done() and self.sent_all_at is None:
             # Gone mid-answer. (A disconnect after the last byte is just the
             # server saying the response is complete: let the app finish.)
             await self._cancel_app(app_task, "client_disconnected")
             return
         await app_task  # re-raises the app's own exception: we do not swallow it
-        self.record.added_latency_s = hold.added_latency_s
+        self._note_added_latency(hold)
+
+    async def _release_screened(
+        self,
+        request: ChatRequest,
+        hold: Hold,
+        app_task: asyncio.Future[None],
+        watcher: asyncio.Future[None],
+    ) -> None:
+        """Release the answer through the output screens; stop the app if it was cut."""
+        assert self.guard.policy.output is not None
+        idle_s = self.guard.policy.output.idle_timeout_s
+        answer = AnswerScreen(self.guard, request, self._to_client, self.record)
+        finished: asyncio.Future[None] = asyncio.ensure_future(self._until(answer.finished))
+        try:
+            await hold.release(to=answer.feed)
+            while not finished.done():
+                waiting = {finished, watcher} | ({app_task} if not app_task.done() else set())
+                await asyncio.wait(waiting, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
+                if watcher.done() and self.sent_all_at is None:
+                    await self._cancel_app(app_task, "client_disconnected")
+                    return
+                if app_task.done() and app_task.exception() is not None:
+                    await answer.end_abruptly("app_error")  # release what passed, then end
+                elif not app_task.done() and time.monotonic() - answer.last_fed >= idle_s:
+                    await answer.end_abruptly("idle")
+                    await self._cancel_app(app_task, "idle")
+        finally:
+            finished.cancel()
+            await answer.aclose()
+        self.record.decision = _after_output(self.record, self.guard.policy.on_error)
+        if self.record.stream_cut is not None and not app_task.done():
+            await self._cancel_app(app_task, "blocked")
+        elif not app_task.cancelled():
+            await app_task  # the app's own exception is re-raised, not swallowed
+        self._note_added_latency(hold)
+
+    @staticmethod
+    async def _until(event: asyncio.Event) -> None:
+        await event.wait()
+
+    def _note_added_latency(self, hold: Hold) -> None:
+        if hold.completed_at is not None and self.sent_all_at is not None:
+            self.record.added_latency_s = max(0.0, self.sent_all_at - hold.completed_at)
+
+    async def _to_client(self, message: Message) -> None:
+        """Every message for the client passes here, so its timing is measured once."""
+        await self.send(message)
+        if message["type"] == "http.response.body":
+            now = time.perf_counter()
+            if self.record.first_byte_s is None and message.get("body"):
+                self.record.first_byte_s = now - self.started
+            if not message.get("more_body", False):
+                self.sent_all_at = now
 
     async def _read(self) -> tuple[bytes, Scope]:
         policy = self.guard.policy
@@ -153,5 +211,20 @@ class GuardedExchange:
 
     async def _reply(self, reply: Reply) -> None:
         headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
-        await self.send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": reply.body})
+        await self._to_client(
+            {"type": "http.response.start", "status": reply.status, "headers": headers}
+        )
+        await self._to_client({"type": "http.response.body", "body": reply.body})
+
+
+def _after_output(record: Record, on_error: str) -> Decision:
+    """The request's decision once its answer was screened: a refusal anywhere wins."""
+    decision = record.decision
+    for output in record.outputs:
+        if output.decision in REFUSING:
+            return output.decision
+        if decision == "allowed":
+            decision = output.decision
+    if record.stream_cut in ("idle", "app_error", "error"):  # broke off, or unreadable
+        return "error_allowed" if on_error == "allow" else "error_blocked"
+    return decision

@@ -43,6 +43,9 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
         categories=spec.categories,
         api_base=spec.api_base,
         api_key=os.environ.get(spec.api_key_env) if spec.api_key_env else None,
+        # The stage bounds every call (a screen's timeout, the panel's deadline);
+        # the judge's own limit is only a backstop and must not cut them short.
+        timeout_s=3600.0,
         temperature=spec.temperature if temperature is None else temperature,
         max_tokens=spec.max_tokens,
         json_schema=spec.json_schema,

@@ -43,6 +43,7 @@ class StubLLM:
         raw_body: bytes | None = None,
         hang: bool = False,
         chunk_delay_s: float = 0.0,
+        stream_chunks: int = 4,
     ) -> None:
         self.latency_s = latency_s
         self.reply = reply
@@ -51,6 +52,7 @@ class StubLLM:
         self.raw_body = raw_body
         self.hang = hang
         self.chunk_delay_s = chunk_delay_s
+        self.stream_chunks = stream_chunks
         # Records. Only the server thread writes them; tests read them.
         self.requests: list[dict[str, Any]] = []
         self.count = 0
@@ -190,7 +192,7 @@ class StubLLM:
             }
         )
         text = self._reply_for(request)
-        size = max(1, -(-len(text) // 4))  # about four chunks
+        size = max(1, -(-len(text) // self.stream_chunks))  # about stream_chunks chunks
         pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
         ident, created, model = _ids(request)
         for index, piece in enumerate(pieces):

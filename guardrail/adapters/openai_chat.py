@@ -79,11 +79,49 @@ class OpenAIChat:
         }
         return Reply(error.status, json.dumps(body).encode(), list(_JSON))
 
+    def answer_text(self, body: bytes) -> str:
+        """The text of a complete answer: every choice's content, refusal and tool calls."""
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return body.decode("utf-8", "replace")  # not JSON: screen it as it is
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            return "\n".join(_strings(data))
+        return "\n".join(
+            s
+            for choice in data["choices"]
+            if isinstance(choice, dict)
+            for s in _strings(choice.get("message", choice.get("text", "")))
+        )
+
+    def event_text(self, data: str) -> str:
+        """The text one streamed chunk adds: deltas of content, refusal and tool calls."""
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError):
+            return data  # malformed: screen the raw data rather than skip it
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
+            return "".join(_strings(chunk))
+        return "".join(
+            s
+            for choice in chunk["choices"]
+            if isinstance(choice, dict)
+            for s in _strings(choice.get("delta", choice.get("text", "")))
+        )
+
+    def stream_refusal(self, request: ChatRequest, *, message: str) -> bytes:
+        """The events that end a cut stream: a content_filter chunk, then [DONE]."""
+        model = request.model or "guardrail"
+        ident = f"chatcmpl-guardrail-{uuid.uuid4().hex}"
+        return _refusal_stream(ident, int(time.time()), model, message, role=False)
+
 
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 
 
-def _refusal_stream(ident: str, created: int, model: str, message: str) -> bytes:
+def _refusal_stream(
+    ident: str, created: int, model: str, message: str, *, role: bool = True
+) -> bytes:
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
         event = {
             "id": ident,
@@ -95,7 +133,7 @@ def _refusal_stream(ident: str, created: int, model: str, message: str) -> bytes
         return b"data: " + json.dumps(event).encode() + b"\n\n"
 
     return (
-        chunk({"role": "assistant", "content": message}, None)
+        chunk({"role": "assistant", "content": message} if role else {"content": message}, None)
         + chunk({}, "content_filter")
         + b"data: [DONE]\n\n"
     )
