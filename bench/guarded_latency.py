@@ -163,11 +163,16 @@ class AppServer:
 # --- stub processes ----------------------------------------------------------
 
 
+# What ``Stub.configure`` may set on the child's StubLLM (read afresh per request).
+STUB_SETTINGS = frozenset({"latency_s", "chunk_delay_s", "stream_chunks", "reply"})
+
+
 def serve_stub(conn: Connection, reply: str | None) -> None:
     """Child process: a StubLLM the parent drives over the pipe.
 
-    A number sets its latency (echoed back); ``"counters"`` answers with its
-    request counters (``Stub.counters``); ``None`` stops it.
+    A number sets its latency (echoed back); a dict sets the named settings
+    (``STUB_SETTINGS``, echoed back; ``Stub.configure``); ``"counters"`` answers
+    with its request counters (``Stub.counters``); ``None`` stops it.
     """
     from tests.stub_llm import StubLLM
 
@@ -179,6 +184,12 @@ def serve_stub(conn: Connection, reply: str | None) -> None:
                 conn.send(
                     {"count": stub.count, "completed": stub.completed, "cancelled": stub.cancelled}
                 )
+            elif isinstance(command, dict):
+                for name, value in command.items():
+                    if name not in STUB_SETTINGS:
+                        raise ValueError(f"not a StubLLM setting: {name}")
+                    setattr(stub, name, value)
+                conn.send(command)
             else:
                 stub.latency_s = command
                 conn.send(command)
@@ -200,6 +211,14 @@ class Stub:
 
     def set_latency(self, latency_s: float) -> None:
         self.conn.send(latency_s)
+        self.conn.recv()
+
+    def configure(self, **settings: Any) -> None:
+        """Set StubLLM settings (``STUB_SETTINGS``), e.g. ``stream_chunks``, ``chunk_delay_s``."""
+        unknown = set(settings) - STUB_SETTINGS
+        if unknown:
+            raise ValueError(f"not StubLLM settings: {sorted(unknown)}")
+        self.conn.send(settings)
         self.conn.recv()
 
     def counters(self) -> dict[str, int]:

@@ -171,9 +171,11 @@ class AnswerScreen:
 
     async def _add(self, unit: Unit) -> None:
         pending = self._pending
-        if not self.hold_back:
+        if not self.hold_back and not unit.done:
             await self._forward_live(unit.raw)
         else:
+            # Optimistic mode still holds the end marker: clients stop reading at
+            # [DONE], which would cancel the last window's screen unseen.
             pending.units.append(unit)
         pending.text += unit.text
         if len(pending.text) >= self.stage.window_chars:
@@ -189,8 +191,7 @@ class AnswerScreen:
             overlap = self.stage.overlap_chars
             self._overlap = text[-overlap:] if overlap else ""
             verdict = asyncio.ensure_future(self.guard.assess(text, "output"))
-        units = pending.units if self.hold_back else []
-        self._windows.put_nowait(_Window(units, verdict, then))
+        self._windows.put_nowait(_Window(pending.units, verdict, then))
 
     async def _forward_live(self, raw: bytes) -> None:
         # Optimistic: released at once, screened alongside. Checked under the

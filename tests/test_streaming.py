@@ -106,6 +106,16 @@ def test_optimistic_cuts_after_the_flag(stub_llm_factory: Factory) -> None:
         assert app.decisions("blocked") == 1
 
 
+def test_optimistic_screens_the_last_window_before_done(stub_llm_factory: Factory) -> None:
+    # The openai client stops reading at [DONE]: it must not come before the
+    # last window's verdict, or that window would never be screened.
+    upstream = stub_llm_factory(reply="".join([*PIECES[:2], PIECES[3], PIECES[2]]), stream_chunks=4)
+    with guarded_app(output_policy("optimistic", window=200), upstream.base_url) as app:
+        _, finish = stream_text(app.client())
+        assert finish == "content_filter"
+        assert app.decisions("blocked") == 1
+
+
 def test_client_leaving_mid_stream_cancels_the_app(stub_llm_factory: Factory) -> None:
     upstream = streaming_upstream(stub_llm_factory, chunk_delay_s=0.5)
     with guarded_app(output_policy(), upstream.base_url) as app:
