@@ -12,12 +12,13 @@ from typing import Literal
 from prometheus_client import CollectorRegistry
 
 from guardrail.adapters import ADAPTERS, Adapter
+from guardrail.audit import AuditTrail, build_audit
 from guardrail.decision import Decision
 from guardrail.factory import build_judge, build_panel
 from guardrail.judges.base import Judge, JudgeFailure
 from guardrail.metrics import GuardrailMetrics, metrics_for
 from guardrail.panel import PanelOutcome, PanelRunner
-from guardrail.policy import Policy
+from guardrail.policy import Policy, digest
 from guardrail.policy import Screen as ScreenSpec
 from guardrail.screening import Screen, Screening, screen_all
 
@@ -63,6 +64,7 @@ class Guard:
     judges: dict[str, Judge]
     panel: PanelRunner | None
     metrics: GuardrailMetrics
+    audit: AuditTrail | None = None
 
     @classmethod
     def build(cls, policy: Policy, *, registry: CollectorRegistry | None = None) -> Guard:
@@ -81,7 +83,8 @@ class Guard:
         metrics = metrics_for(registry)
         metrics.prepare(policy.name, list(judges))
         adapter = ADAPTERS[policy.format]()
-        return cls(policy, adapter, screens, output_screens, judges, panel, metrics)
+        audit = build_audit(policy, metrics)
+        return cls(policy, adapter, screens, output_screens, judges, panel, metrics, audit)
 
     async def assess(self, text: str, stage: Stage = "input") -> Assessment:
         """Screen the text; escalate to the panel where the policy says so; decide."""
@@ -117,7 +120,7 @@ class Guard:
         return Assessment(decision, screening, outcome, trigger, stage)
 
     def observe(self, record: Record) -> None:
-        """Count one finished request."""
+        """Count one finished request and write its audit record."""
         m, policy = self.metrics, self.policy.name
         m.requests.labels(policy, record.decision).inc()
         m.request_duration.labels(policy, record.decision).observe(record.duration_s)
@@ -136,6 +139,8 @@ class Guard:
         assessments = [record.assessment] if record.assessment else []
         for assessment in assessments + record.outputs:
             self._observe_assessment(assessment)
+        if self.audit is not None:
+            self.audit.write(record)  # queued for a writer thread; never raises
 
     def _observe_assessment(self, assessment: Assessment) -> None:
         m, policy, stage = self.metrics, self.policy.name, assessment.stage
@@ -165,8 +170,24 @@ class Guard:
             if seat.result is not None:
                 m.judge_duration.labels(policy, seat.judge, "panel").observe(seat.latency_s)
 
+    @property
+    def version(self) -> str:
+        """A short hash naming exactly this validated policy (metrics, audit, logs)."""
+        return digest(self.policy.model_dump_json())
+
+    def announce(self) -> None:
+        """Mark this policy version as the one serving (``guardrail_policy_info``)."""
+        info, name = self.metrics.policy_info, self.policy.name
+        for metric in info.collect():
+            for sample in metric.samples:
+                if sample.labels.get("policy") == name:
+                    info.labels(name, sample.labels["version"]).set(0)
+        info.labels(name, self.version).set(1)
+
     async def aclose(self) -> None:
-        """Close the judges' clients."""
+        """Close the judges' clients and the audit trail (its queued records are written)."""
+        if self.audit is not None:
+            await self.audit.aclose()
         for judge in self.judges.values():
             await judge.aclose()
         if self.panel is not None:

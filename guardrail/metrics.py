@@ -69,6 +69,7 @@ class GuardrailMetrics:
             "Guarded requests being screened or held right now.",
             ["policy"],
             registry=registry,
+            multiprocess_mode="livesum",  # several workers: the sum over live ones
         )
         self.app_cancelled = Counter(
             "guardrail_app_cancelled",
@@ -157,6 +158,26 @@ class GuardrailMetrics:
             registry=registry,
         )
 
+        self.policy_info = Gauge(
+            "guardrail_policy_info",
+            "The active policy: 1 for the version serving now, 0 for versions replaced.",
+            ["policy", "version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.reloads = Counter(
+            "guardrail_policy_reloads",
+            "Live policy reloads, by result (success; failure: the old policy kept serving).",
+            ["policy", "result"],
+            registry=registry,
+        )
+        self.unknown_tenants = Counter(
+            "guardrail_unknown_tenants",
+            "Requests naming a tenant with no policy; screened by the default policies.",
+            ["policy"],
+            registry=registry,
+        )
+
     def prepare(self, policy: str, judges: list[str]) -> None:
         """Create a policy's series at zero, so rates exist before the first event."""
         for decision in DECISIONS:
@@ -167,6 +188,8 @@ class GuardrailMetrics:
             self.app_cancelled.labels(policy, reason)
         for judge in judges:
             self.judge_errors.labels(policy, judge, "timeout")
+        for result in ("success", "failure"):
+            self.reloads.labels(policy, result)
 
 
 _by_registry: WeakKeyDictionary[CollectorRegistry, GuardrailMetrics] = WeakKeyDictionary()

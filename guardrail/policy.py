@@ -224,8 +224,8 @@ class Audit(_Strict):
     # file: JSON lines, rotated; none: no trail.
     sink: Literal["none", "logger", "file"] = "logger"
     path: str | None = None  # the file sink's file
-    max_bytes: PositiveInt = 10_485_760  # rotate before a file would grow past this
-    backups: int = Field(default=5, ge=0)  # rotated files kept: path.1 (newest) .. path.N
+    max_bytes: PositiveInt = 10_485_760  # a file is rotated before it would reach this
+    backups: PositiveInt = 5  # rotated files kept: path.1 (newest) .. path.N
     include_text: bool = False  # raw user text in records; off: only a salted hash
     # The hash salt is read from this environment variable; unset: random per process.
     salt_env: str | None = None

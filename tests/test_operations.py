@@ -1,0 +1,259 @@
+"""Running it in production: live policy reload, policies per route and tenant, several workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from guarded import BENIGN, INJECTION
+from prometheus_client import CollectorRegistry
+from served import Served, wait_for
+from stub_llm import StubLLM
+
+from examples.chat_app import create_app
+from guardrail import GuardrailMiddleware, PolicyError
+
+REPO = Path(__file__).resolve().parents[1]
+URL = "/v1/chat/completions"
+
+POLICY = """\
+name: live
+routes: [{{path: /v1/chat/completions}}]
+judges:
+  injection: {{type: injection}}
+  words: {{type: keywords, keywords: [{word}]}}
+input: {{screens: [{{judge: injection}}, {{judge: words}}]}}
+refusal: {{message: "{message}"}}
+"""
+
+
+def write_policy(path: Path, *, word: str = "pineapple", message: str = "Refused A.") -> None:
+    path.write_text(POLICY.format(word=word, message=message))
+
+
+def refusal_of(url: str, text: str, headers: dict[str, str] | None = None) -> str | None:
+    """The refusal text, or None when the app answered."""
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    choice = httpx.post(url + URL, json=body, headers=headers, timeout=10).json()["choices"][0]
+    return choice["message"]["content"] if choice["finish_reason"] == "content_filter" else None
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[Path, str, CollectorRegistry]]:
+    path = tmp_path / "live.yaml"
+    write_policy(path)
+    registry = CollectorRegistry()
+    app = GuardrailMiddleware(
+        create_app(None), policy=path, registry=registry, watch_interval_s=0.05
+    )
+    with Served(app) as served:
+        yield path, served.url, registry
+
+
+def test_policy_edit_takes_effect_without_restart(live) -> None:  # type: ignore[no-untyped-def]
+    path, url, registry = live
+    assert refusal_of(url, "I love pineapple") == "Refused A."
+    assert refusal_of(url, "I love mango") is None
+    write_policy(path, word="mango", message="Refused B.")
+    assert wait_for(lambda: refusal_of(url, "I love mango") == "Refused B.")
+    assert refusal_of(url, "I love pineapple") is None
+    assert sample(registry, "guardrail_policy_reloads_total", policy="live", result="success") == 1
+    versions = {
+        s.labels["version"]: s.value
+        for m in registry.collect()
+        if m.name == "guardrail_policy_info"
+        for s in m.samples
+    }
+    assert sorted(versions.values()) == [0.0, 1.0]  # the old version retired, the new one serving
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda p: p.write_text("name: [unclosed\n  garbage: {"),
+        lambda p: p.write_text(POLICY.format(word="x", message="y")[:60]),  # truncated mid-write
+        lambda p: p.unlink(),
+        lambda p: (p.unlink(), p.mkdir()),  # unreadable: no longer a file
+        lambda p: p.write_text(
+            POLICY.format(word="x", message="y").replace("judge: words", "judge: nope")
+        ),
+    ],
+    ids=["garbage", "truncated", "deleted", "unreadable", "unknown-judge"],
+)
+def test_broken_edit_keeps_the_old_policy_serving(live, break_it: Callable[[Path], object]) -> None:  # type: ignore[no-untyped-def]
+    path, url, registry = live
+    break_it(path)
+    assert wait_for(
+        lambda: (
+            sample(registry, "guardrail_policy_reloads_total", policy="live", result="failure") >= 1
+        )
+    )
+    assert refusal_of(url, "I love pineapple") == "Refused A."
+    assert refusal_of(url, INJECTION) == "Refused A."
+
+
+def test_requests_in_flight_finish_under_the_policy_they_started_with(
+    tmp_path: Path, stub_llm_factory: Callable[..., StubLLM]
+) -> None:
+    judge = stub_llm_factory(
+        latency_s=1.0, reply='{"flagged": true, "categories": ["violence"], "reason": "x"}'
+    )
+    path = tmp_path / "live.yaml"
+    text = (
+        "name: live\nroutes: [{path: /v1/chat/completions}]\n"
+        f"judges: {{slow: {{type: llm, model: openai/slow, api_base: '{judge.base_url}'}}}}\n"
+        "input: {screens: [{judge: slow, timeout_s: 5}]}\n"
+        'refusal: {message: "Refused A."}\n'
+    )
+    path.write_text(text)
+    app = GuardrailMiddleware(
+        create_app(None), policy=path, registry=CollectorRegistry(), watch_interval_s=0.05
+    )
+    with Served(app) as served:
+        first: list[str | None] = []
+        in_flight = threading.Thread(target=lambda: first.append(refusal_of(served.url, BENIGN)))
+        in_flight.start()
+        assert wait_for(lambda: judge.count == 1)
+        path.write_text(text.replace("Refused A.", "Refused B."))
+        assert wait_for(lambda: refusal_of(served.url, BENIGN) == "Refused B.", timeout=10)
+        in_flight.join()
+        assert first == ["Refused A."]
+
+
+def test_tenants_get_their_own_policy(tmp_path: Path) -> None:
+    acme = tmp_path / "acme.yaml"
+    write_policy(acme, word="pineapple", message="Acme refuses.")
+    default = tmp_path / "default.yaml"
+    default.write_text(
+        POLICY.format(word="durian", message="Default refuses.").replace("name: live", "name: main")
+    )
+    registry = CollectorRegistry()
+    app = GuardrailMiddleware(
+        create_app(None), policy=default, tenants={"acme": acme}, registry=registry
+    )
+    with Served(app) as served:
+        assert refusal_of(served.url, "pineapple", {"x-tenant": "acme"}) == "Acme refuses."
+        assert refusal_of(served.url, "pineapple") is None
+        assert refusal_of(served.url, "durian") == "Default refuses."
+        # An unknown tenant is never unscreened: the default policy applies, and it is counted.
+        assert refusal_of(served.url, "durian", {"x-tenant": "nobody"}) == "Default refuses."
+        assert sample(registry, "guardrail_unknown_tenants_total", policy="main") == 1
+        assert sample(registry, "guardrail_requests_total", policy="live", decision="blocked") == 1
+        assert sample(registry, "guardrail_requests_total", policy="main", decision="blocked") == 2
+
+
+def test_routes_select_policies(tmp_path: Path) -> None:
+    chat = tmp_path / "chat.yaml"
+    write_policy(chat, word="pineapple", message="Chat refuses.")
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        POLICY.format(word="mango", message="Other refuses.")
+        .replace("name: live", "name: other")
+        .replace("/v1/chat/completions", "/v2/*")
+    )
+    app = GuardrailMiddleware(create_app(None), policy=[chat, other], registry=CollectorRegistry())
+    with Served(app) as served:
+        assert refusal_of(served.url, "pineapple") == "Chat refuses."
+        body = {"model": "m", "messages": [{"role": "user", "content": "mango"}]}
+        response = httpx.post(served.url + "/v2/anything", json=body)
+        assert response.json()["choices"][0]["message"]["content"] == "Other refuses."
+
+
+def test_a_bad_tenant_policy_stops_startup(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\n")
+    with pytest.raises(PolicyError):
+        GuardrailMiddleware(create_app(None), tenants={"acme": bad}, registry=CollectorRegistry())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        args, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_for(up, timeout=30), (
+        proc.stderr.read().decode() if proc.poll() is not None else "not up"
+    )  # type: ignore[union-attr]
+    return proc
+
+
+def test_sighup_reloads_the_policy(tmp_path: Path) -> None:
+    path = tmp_path / "live.yaml"
+    write_policy(path, message="Refused A.")
+    stamp = path.stat()
+    port = free_port()
+    proc = start(
+        [sys.executable, "-m", "guardrail.cli", "demo", "--port", str(port), "--policy", str(path)],
+        {},
+        port,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert refusal_of(url, "pineapple") == "Refused A."
+        # Same size, same mtime, same inode: only the signal can tell it changed.
+        with path.open("r+") as f:
+            f.write(POLICY.format(word="pineapple", message="Refused Z."))
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        assert refusal_of(url, "pineapple") == "Refused A."
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: refusal_of(url, "pineapple") == "Refused Z.")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_metrics_add_up_across_two_worker_processes(tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "prom"
+    metrics_dir.mkdir()
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "examples.chat_app:create_app",
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = start(args, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for i in range(20):  # a new connection each: the kernel spreads them over the workers
+            refusal_of(url, INJECTION if i % 4 == 0 else BENIGN)
+        scrapes = [httpx.get(url + "/metrics").text for _ in range(6)]
+        for text in scrapes:  # whichever worker answers the scrape, the totals are whole
+            assert 'guardrail_requests_total{decision="allowed",policy="default"} 15.0' in text
+            assert 'guardrail_requests_total{decision="blocked",policy="default"} 5.0' in text
+            assert 'guardrail_requests_in_flight{policy="default"} 0.0' in text
+        assert len(list(metrics_dir.glob("counter_*.db"))) == 2  # both workers wrote metrics
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
