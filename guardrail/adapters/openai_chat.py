@@ -81,33 +81,11 @@ class OpenAIChat:
 
     def answer_text(self, body: bytes) -> str:
         """The text of a complete answer: every choice's content, refusal and tool calls."""
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            return body.decode("utf-8", "replace")  # not JSON: screen it as it is
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            return "\n".join(_strings(data))
-        return "\n".join(
-            s
-            for choice in data["choices"]
-            if isinstance(choice, dict)
-            for s in _strings(choice.get("message", choice.get("text", "")))
-        )
+        return _choices_text(body.decode("utf-8", "replace"), "message", "\n")
 
     def event_text(self, data: str) -> str:
         """The text one streamed chunk adds: deltas of content, refusal and tool calls."""
-        try:
-            chunk = json.loads(data)
-        except (ValueError, RecursionError):
-            return data  # malformed: screen the raw data rather than skip it
-        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
-            return "".join(_strings(chunk))
-        return "".join(
-            s
-            for choice in chunk["choices"]
-            if isinstance(choice, dict)
-            for s in _strings(choice.get("delta", choice.get("text", "")))
-        )
+        return _choices_text(data, "delta", "")
 
     def stream_refusal(self, request: ChatRequest, *, message: str) -> bytes:
         """The events that end a cut stream: a content_filter chunk, then [DONE]."""
@@ -136,6 +114,22 @@ def _refusal_stream(
         chunk({"role": "assistant", "content": message} if role else {"content": message}, None)
         + chunk({}, "content_filter")
         + b"data: [DONE]\n\n"
+    )
+
+
+def _choices_text(raw: str, part: str, sep: str) -> str:
+    """The strings of every choice's ``part`` (message or delta), or of whatever came."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw  # not JSON: screen it as it is rather than skip it
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        return sep.join(_strings(data))
+    return sep.join(
+        s
+        for choice in data["choices"]
+        if isinstance(choice, dict)
+        for s in _strings(choice.get(part, choice.get("text", "")))
     )
 
 
