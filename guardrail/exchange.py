@@ -85,12 +85,7 @@ class GuardedExchange:
         self.record.decision = decision = assessment.decision
         if decision in REFUSING:
             await self._cancel_app(app_task, "blocked")
-            refusal = self.guard.policy.refusal
-            await self._reply(
-                self.guard.adapter.refusal(
-                    request, message=refusal.message, shape=refusal.shape, status=refusal.status
-                )
-            )
+            await self._reply(self.guard.refusal(request))
             return
         if self.guard.output_screens:
             await self._release_screened(request, hold, app_task, watcher)
@@ -210,11 +205,8 @@ class GuardedExchange:
         self.record.app_cancelled = reason
 
     async def _reply(self, reply: Reply) -> None:
-        headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
-        await self._to_client(
-            {"type": "http.response.start", "status": reply.status, "headers": headers}
-        )
-        await self._to_client({"type": "http.response.body", "body": reply.body})
+        for message in reply.messages():
+            await self._to_client(message)
 
 
 def _after_output(record: Record, on_error: str) -> Decision:

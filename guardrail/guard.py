@@ -11,7 +11,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
-from guardrail.adapters import ADAPTERS, Adapter
+from guardrail.adapters import ADAPTERS, Adapter, ChatRequest, Reply
 from guardrail.audit import AuditTrail, build_audit
 from guardrail.decision import Decision
 from guardrail.factory import build_judge, build_panel
@@ -85,6 +85,11 @@ class Guard:
         adapter = ADAPTERS[policy.format]()
         audit = build_audit(policy, metrics)
         return cls(policy, adapter, screens, output_screens, judges, panel, metrics, audit)
+
+    def refusal(self, request: ChatRequest) -> Reply:
+        """The policy's refusal, in the API's own shape."""
+        r = self.policy.refusal
+        return self.adapter.refusal(request, message=r.message, shape=r.shape, status=r.status)
 
     async def assess(self, text: str, stage: Stage = "input") -> Assessment:
         """Screen the text; escalate to the panel where the policy says so; decide."""

@@ -157,15 +157,8 @@ class AnswerScreen:
 
     async def _refuse_whole(self) -> None:
         self._cut = True
-        refusal = self.guard.policy.refusal
-        reply = self.guard.adapter.refusal(
-            self.request, message=refusal.message, shape=refusal.shape, status=refusal.status
-        )
-        headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
-        await self._forward(
-            {"type": "http.response.start", "status": reply.status, "headers": headers}
-        )
-        await self._forward({"type": "http.response.body", "body": reply.body})
+        for message in self.guard.refusal(self.request).messages():
+            await self._forward(message)
 
     # --- a streamed answer -----------------------------------------------------------
 

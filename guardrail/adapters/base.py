@@ -34,6 +34,18 @@ class Reply:
     body: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
+    def messages(self) -> list[dict[str, Any]]:
+        """The ASGI messages that send this reply."""
+        length = (b"content-length", str(len(self.body)).encode())
+        return [
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [*self.headers, length],
+            },
+            {"type": "http.response.body", "body": self.body},
+        ]
+
 
 class Adapter(Protocol):
     """Reads one API's request bodies and speaks its refusals and errors."""
