@@ -120,8 +120,10 @@ class GuardedExchange:
                 if watcher.done() and self.sent_all_at is None:
                     await self._cancel_app(app_task, "client_disconnected")
                     return
-                if app_task.done() and app_task.exception() is not None:
-                    await answer.end_abruptly("app_error")  # release what passed, then end
+                if app_task.done():
+                    # Broke off (it raised, or returned without finishing its answer):
+                    # release what passed, then end by the fail mode. A no-op otherwise.
+                    await answer.end_abruptly("app_error")
                 elif not app_task.done() and time.monotonic() - answer.last_fed >= idle_s:
                     await answer.end_abruptly("idle")
                     await self._cancel_app(app_task, "idle")

@@ -59,6 +59,7 @@ class AnswerScreen:
         self._releaser: asyncio.Task[None] | None = None
         self._write = asyncio.Lock()
         self._cut = False
+        self._ending = False  # the answer's last message arrived, or it broke off
 
     async def feed(self, message: Message) -> None:
         """One message from the app, in order."""
@@ -72,6 +73,7 @@ class AnswerScreen:
         elif self._whole is not None:
             self._whole.append(message)
             if not message.get("more_body", False):
+                self._ending = True
                 await self._screen_whole()
         else:
             assert self._framer is not None
@@ -82,6 +84,7 @@ class AnswerScreen:
             for unit in units:
                 await self._add(unit)
             if last:
+                self._ending = True
                 self._close_window(then="finish")
 
     async def end_abruptly(self, reason: str) -> None:
@@ -90,8 +93,9 @@ class AnswerScreen:
         What was received is screened and released as usual; the policy's fail
         mode decides whether the stream then ends with a refusal.
         """
-        if self._cut or self.finished.is_set():
+        if self._cut or self._ending or self.finished.is_set():
             return
+        self._ending = True
         self.record.stream_cut = reason
         fail_closed = self.guard.policy.on_error != "allow"
         if self._framer is None:  # nothing streamed yet, or a complete answer cut short

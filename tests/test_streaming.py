@@ -282,3 +282,16 @@ def test_chunked_plain_text_is_screened_per_window(text: str, passes: bool) -> N
         else:
             assert CARD not in response.text
             assert "can't help" in response.text
+
+
+def test_app_that_returns_without_answering_does_not_hang_the_guard() -> None:
+    async def silent(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await receive()
+
+    with serve_raw(silent, output_policy()) as served:
+        response = post(served)
+        # Nothing to screen, and the policy fails closed: the client gets the refusal
+        # (as a stream: it asked for one).
+        assert b'"finish_reason": "content_filter"' in response.content
+        assert response.content.rstrip().endswith(b"data: [DONE]")
