@@ -1,0 +1,537 @@
+"""The shipped observability (examples/observability) against a real Prometheus.
+
+promtool checks the rules, runs their unit tests and checks the compose
+config. Then a real Prometheus, with the shipped rules loaded, scrapes a
+guarded app every second while the real openai client sends it known traffic;
+every PromQL expression of the dashboard and of the rules is evaluated through
+the HTTP API, and the key values must match the traffic exactly.
+
+Exactness: the dashboard's queries are evaluated at the first scrape after the
+traffic, over a window reaching back exactly to the last scrape before it.
+Every series exists at both ends (a warm-up round created them), so
+``increase`` is the plain difference and ``rate`` that difference over the
+window: no extrapolation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from guarded import BENIGN, CARD, INJECTION, Guarded, guarded_app
+from prometheus_server import Labels, Prometheus, require_binary
+from stub_llm import StubLLM
+
+from guardrail import Policy, parse_policy
+
+OBSERVABILITY = Path(__file__).resolve().parents[1] / "examples" / "observability"
+RULES = OBSERVABILITY / "prometheus" / "rules.yml"
+RULES_TEST = OBSERVABILITY / "prometheus" / "rules_test.yml"
+COMPOSE_CONFIG = OBSERVABILITY / "prometheus" / "prometheus.yml"
+DASHBOARD = OBSERVABILITY / "grafana" / "guardrail-dashboard.json"
+
+SAFE = '{"flagged": false, "categories": [], "reason": "fine"}'
+UNSAFE = '{"flagged": true, "categories": ["prompt_injection"], "reason": "injection"}'
+# A card number the pii screen flags and the panel cannot rule on (a Luhn-valid
+# test number, unlike CARD's, so the panel stub can tell them apart).
+UNRULED = "My other card is 5555 5555 5555 4444, keep it too."
+
+
+# --- the files themselves --------------------------------------------------
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_binary("promtool"), *args],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_promtool_accepts_the_rules() -> None:
+    checked = _promtool("check", "rules", RULES.name)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_rules_pass_their_unit_tests() -> None:
+    tested = _promtool("test", "rules", RULES_TEST.name)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_promtool_accepts_the_compose_prometheus_config() -> None:
+    # It names rules.yml relative to itself, so its rules are checked too.
+    checked = _promtool("check", "config", COMPOSE_CONFIG.name)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "1 rule files found" in checked.stdout
+
+
+def _rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_every_rule_has_a_unit_test() -> None:
+    tests = yaml.safe_load(RULES_TEST.read_text())["tests"]
+    exprs = {t["expr"] for test in tests for t in test.get("promql_expr_test", [])}
+    alert_tests = [t for test in tests for t in test.get("alert_rule_test", [])]
+    for rule in _rules():
+        if "record" in rule:
+            assert rule["record"] in exprs, f"no promql_expr_test of {rule['record']}"
+        else:
+            name = rule["alert"]
+            outcomes = {bool(t["exp_alerts"]) for t in alert_tests if t["alertname"] == name}
+            assert outcomes == {True, False}, f"{name} needs a firing and a quiet test"
+
+
+def _dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
+
+
+def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            yield from panel.get("panels", [])  # a collapsed row keeps its panels
+        else:
+            yield panel
+
+
+def test_the_dashboard_queries_prometheus_through_template_variables() -> None:
+    dashboard = _dashboard()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["policy"]["type"] == "query"
+    assert variables["policy"]["definition"] == "label_values(guardrail_requests_total, policy)"
+    panels = list(_panels(dashboard))
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            assert 'policy=~"$policy"' in target["expr"], panel["title"]
+    titles = {p["title"] for p in panels}
+    assert {
+        "Block rate",
+        "Decisions over time",
+        "Added latency p50 / p95 / p99",
+        "Judge latency p95",
+        "Judge error rate",
+        "Panel escalations",
+        "Overturn rate and agreement",
+        "Cancelled generations",
+        "Requests in flight",
+        "Fail-open decisions",
+    } <= titles
+
+
+# --- known traffic, scraped by a real Prometheus ----------------------------
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """How many requests to send of each kind; each kind ends in one known decision."""
+
+    allowed: int  # benign: every screen passes
+    blocked: int  # injection: flagged, the panel agrees, the app is cancelled
+    overturned: int  # card number: flagged, the panel overturns it (flagged_allowed)
+    failed_open: int  # benign while the LLM screen answers 500: error_allowed
+    failed_closed: int  # another card number: flagged, the panel has no quorum: error_blocked
+    rejected: int  # not JSON: refused unscreened
+
+    @property
+    def decisions(self) -> dict[str, int]:
+        return {
+            "allowed": self.allowed,
+            "blocked": self.blocked,
+            "flagged_allowed": self.overturned,
+            "error_allowed": self.failed_open,
+            "error_blocked": self.failed_closed,
+            "rejected": self.rejected,
+            "abandoned": 0,
+        }
+
+    @property
+    def total(self) -> int:
+        return sum(self.decisions.values())
+
+    @property
+    def escalated(self) -> int:
+        return self.blocked + self.overturned + self.failed_closed
+
+
+WARM_UP = Traffic(allowed=1, blocked=1, overturned=1, failed_open=1, failed_closed=1, rejected=1)
+TRAFFIC = Traffic(allowed=6, blocked=3, overturned=1, failed_open=2, failed_closed=1, rejected=1)
+# Decisions since the app started: the counters' values at the end.
+SENT = {d: WARM_UP.decisions[d] + TRAFFIC.decisions[d] for d in TRAFFIC.decisions}
+SENT_BLOCK_RATE = (SENT["blocked"] + SENT["error_blocked"]) / sum(SENT.values())
+
+
+def _policy(screen: StubLLM, panel: StubLLM, straggler: StubLLM) -> Policy:
+    """An LLM screen and two local ones; flags go to a panel whose third seat is slow.
+
+    Two votes are needed: when a and b both fail, the panel has no quorum at once.
+    """
+    return parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges:\n"
+        f"  screen: {{type: llm, model: openai/screen, api_base: '{screen.base_url}'}}\n"
+        "  injection: {type: injection}\n"
+        "  pii: {type: pii}\n"
+        f"  a: {{type: llm, model: openai/judge-a, api_base: '{panel.base_url}'}}\n"
+        f"  b: {{type: llm, model: openai/judge-b, api_base: '{panel.base_url}'}}\n"
+        f"  c: {{type: llm, model: openai/judge-c, api_base: '{straggler.base_url}'}}\n"
+        "input:\n"
+        "  screens:\n"
+        "    - {judge: screen, timeout_s: 2.0}\n"
+        "    - {judge: injection, timeout_s: 1.0}\n"
+        "    - {judge: pii, timeout_s: 1.0}\n"
+        "on_flag: vote\n"
+        "on_error: allow\n"
+        "panel:\n"
+        "  judges: [{judge: a}, {judge: b}, {judge: c}]\n"
+        "  quorum: majority\n"
+        "  min_votes: 2\n"
+        "  deadline_s: 10\n"
+        "  on_no_quorum: block\n"
+    )
+
+
+def _panel_reply(request: dict[str, Any]) -> str:
+    """The panel blocks the injection, overturns CARD's flag, and fails on UNRULED."""
+    text = request["messages"][-1]["content"]
+    if "5555" in text:
+        return "no verdict here"
+    return UNSAFE if "system prompt" in text else SAFE
+
+
+def _play(app: Guarded, screen: StubLLM, upstream: StubLLM, traffic: Traffic) -> float:
+    """Send ``traffic``, checking each answer; return when its metrics are all written."""
+    client = app.client()
+
+    def ask(text: str) -> str | None:
+        answer = client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": text}]
+        )
+        return answer.choices[0].finish_reason
+
+    for _ in range(traffic.allowed):
+        assert ask(BENIGN) == "stop"
+    # A local screen flags first: the slow LLM screen is cut off (no answer to
+    # count), and the refusal cancels the app's slow upstream call.
+    screen.latency_s = upstream.latency_s = 30.0
+    for _ in range(traffic.blocked):
+        assert ask(INJECTION) == "content_filter"
+    for _ in range(traffic.failed_closed):
+        assert ask(UNRULED) == "content_filter"
+    upstream.latency_s = 0.0
+    for _ in range(traffic.overturned):
+        assert ask(CARD) == "stop"
+    screen.latency_s, screen.status = 0.0, 500
+    for _ in range(traffic.failed_open):
+        assert ask(BENIGN) == "stop"
+    screen.status = 200
+    for _ in range(traffic.rejected):
+        response = httpx.post(
+            app.url + "/v1/chat/completions",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 400
+    app.settled()
+    return time.time()
+
+
+def _scrape_after(prom: Prometheus, moment: float) -> float:
+    """The timestamp of the first scrape of the app that started after ``moment``."""
+    latest = 'max(timestamp(guardrail_requests_total{policy="test"}))'
+    found: list[float] = []
+
+    def scraped() -> bool:
+        found[:] = [prom.value(latest)]
+        return found[0] > moment
+
+    assert prom.wait_until(scraped), f"no scrape after {moment}:\n{prom.log_tail()}"
+    return found[0]
+
+
+@dataclass
+class Observed:
+    """Prometheus after the traffic: ``base`` and ``last`` are the scrapes around it."""
+
+    prom: Prometheus
+    base: float
+    last: float
+
+    @property
+    def window_s(self) -> float:
+        return round(self.last - self.base, 3)
+
+    @property
+    def window(self) -> str:
+        """The window as a PromQL duration."""
+        return f"{round(self.window_s * 1000)}ms"
+
+    def substitute(self, expr: str) -> str:
+        """A dashboard expression as Grafana would send it, over the traffic's window."""
+        for name in ("__rate_interval", "__range", "__interval"):
+            expr = expr.replace("${" + name + "}", self.window).replace("$" + name, self.window)
+        return expr.replace("${policy}", "test").replace("$policy", "test")
+
+    def at_last(self, expr: str) -> dict[Labels, float]:
+        return self.prom.vector(expr, self.last)
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    binary = require_binary("prometheus")
+    with ExitStack() as stack:
+        screen = stack.enter_context(StubLLM())
+        panel = stack.enter_context(StubLLM(reply=_panel_reply))
+        straggler = stack.enter_context(StubLLM(reply=SAFE, latency_s=30.0))
+        upstream = stack.enter_context(StubLLM())
+        app = stack.enter_context(guarded_app(_policy(screen, panel, straggler), upstream.base_url))
+        prom = stack.enter_context(
+            Prometheus(
+                binary,
+                tmp_path_factory.mktemp("prometheus"),
+                targets=[f"127.0.0.1:{app.served.port}"],
+                rule_files=[RULES],
+            )
+        )
+        _scrape_after(prom, 0.0)  # the policy's series at zero, before any traffic
+        # The warm-up creates every series the traffic touches, so that all of
+        # them exist at the scrape before the traffic (``base``).
+        base = _scrape_after(prom, _play(app, screen, upstream, WARM_UP))
+        last = _scrape_after(prom, _play(app, screen, upstream, TRAFFIC))
+        yield Observed(prom, base, last)
+
+
+def _panel_queries() -> list[tuple[str, str]]:
+    """(where, expr) of every panel's PromQL expressions."""
+    return [
+        (f"{p['type']} {p['title']!r} {t['refId']}", t["expr"])
+        for p in _panels(_dashboard())
+        for t in p["targets"]
+    ]
+
+
+def test_every_panel_query_gives_finite_values(observed: Observed) -> None:
+    queries = _panel_queries()
+    assert len(queries) >= 25
+    wrong = []
+    for where, expr in queries:
+        found = observed.at_last(observed.substitute(expr))
+        if not found or not all(math.isfinite(v) for v in found.values()):
+            wrong.append(f"{where}: {observed.substitute(expr)} -> {found}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_annotation_queries_mark_alerts_and_reloads(observed: Observed) -> None:
+    found = {
+        a["name"]: observed.at_last(observed.substitute(a["expr"]))
+        for a in _dashboard()["annotations"]["list"]
+        if "expr" in a
+    }
+    assert _by(found["guardrail alerts"], "alertname", "policy") == {
+        ("GuardrailFailOpen", "test"): 1
+    }
+    assert found["policy reloads"] == {}  # none happened
+
+
+def test_the_policy_variable_lists_the_policy(observed: Observed) -> None:
+    variable = next(v for v in _dashboard()["templating"]["list"] if v["name"] == "policy")
+    match = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"])
+    assert match is not None
+    metric, label = match.groups()
+    assert observed.prom.api(f"label/{label}/values", **{"match[]": metric}) == ["test"]
+
+
+def _panel(observed: Observed, title: str, kind: str = "timeseries", ref: str = "A") -> str:
+    for panel in _panels(_dashboard()):
+        if (panel["title"], panel["type"]) == (title, kind):
+            expr = next(t["expr"] for t in panel["targets"] if t["refId"] == ref)
+            return observed.substitute(expr)
+    raise LookupError(f"no {kind} panel {title!r}")
+
+
+def _by(found: dict[Labels, float], *labels: str, scale: float = 1.0) -> dict[Any, float]:
+    """Values keyed by the given labels' values (one label: the value itself)."""
+    keyed: dict[Any, float] = {}
+    for series, value in found.items():
+        names = dict(series)
+        key = tuple(names[label] for label in labels)
+        keyed[key[0] if len(key) == 1 else key] = value * scale
+    return keyed
+
+
+def _close(found: Mapping[Any, float], expected: Mapping[Any, float]) -> bool:
+    return found.keys() == expected.keys() and all(
+        math.isclose(found[k], v, rel_tol=1e-9, abs_tol=1e-9) for k, v in expected.items()
+    )
+
+
+def test_the_dashboard_shows_the_traffic_sent(observed: Observed) -> None:
+    t, w = TRAFFIC, observed.window_s
+
+    def one(title: str, kind: str = "timeseries", ref: str = "A") -> float:
+        return observed.prom.value(_panel(observed, title, kind, ref), observed.last)
+
+    def counts(title: str, *labels: str) -> dict[Any, float]:
+        # A rate over the window, times the window: the count in it.
+        return _by(observed.at_last(_panel(observed, title)), *labels, scale=w)
+
+    block_rate = (t.blocked + t.failed_closed) / t.total
+    assert one("Block rate", "stat") == pytest.approx(block_rate, rel=1e-9)
+    assert one("Block rate") == pytest.approx(block_rate, rel=1e-9)
+    assert one("Decisions", "stat") == pytest.approx(t.total)
+    assert _close(counts("Decisions over time", "decision"), t.decisions)
+    assert one("Fail-open decisions", "stat") == pytest.approx(t.failed_open)
+    assert one("Fail-open decisions") == pytest.approx(t.failed_open)
+    assert _close(
+        counts("Flags by judge and category", "judge", "category"),
+        {
+            ("injection", "prompt_injection"): t.blocked,
+            ("pii", "pii_card"): t.overturned + t.failed_closed,
+        },
+    )
+    assert _close(counts("Rejected unscreened, by reason", "reason"), {"invalid_json": 1})
+
+    # The LLM screen answered the allowed and the failed requests; it was cut
+    # off on the flagged ones.
+    answers = t.allowed + t.failed_open
+    assert _close(
+        _by(observed.at_last(_panel(observed, "Judge error rate")), "judge"),
+        {"screen": t.failed_open / answers, "injection": 0, "pii": 0},
+    )
+    errors = counts("Judge errors by reason", "judge", "reason")
+    assert {k: v for k, v in errors.items() if v} == pytest.approx(
+        {("screen", "http"): t.failed_open}
+    )
+    latency = _by(observed.at_last(_panel(observed, "Judge latency p95")), "judge", "stage")
+    assert set(latency) == {
+        ("screen", "input"),
+        ("injection", "input"),
+        ("pii", "input"),
+        ("a", "panel"),
+        ("b", "panel"),
+    }
+
+    escalated = t.escalated
+    assert _close(counts("Panel escalations", "trigger"), {"flag": escalated})
+    assert one("Overturn rate and agreement", ref="A") == pytest.approx(t.overturned / escalated)
+    assert one("Overturn rate and agreement", ref="B") == pytest.approx(t.blocked / escalated)
+    # Seats a and b settle every vote (or both fail); c, slow, is cut off every time.
+    assert _close(
+        counts("Panel votes", "judge", "vote"),
+        {
+            ("a", "block"): t.blocked,
+            ("a", "allow"): t.overturned,
+            ("a", "abstain"): t.failed_closed,
+            ("b", "block"): t.blocked,
+            ("b", "allow"): t.overturned,
+            ("b", "abstain"): t.failed_closed,
+            ("c", "abstain"): escalated,
+        },
+    )
+    assert _close(
+        counts("Panel abstentions by reason", "judge", "reason"),
+        {("a", "parse"): t.failed_closed, ("b", "parse"): t.failed_closed},
+    )
+    assert _close(counts("Panel stragglers cancelled", "judge"), {"c": escalated})
+    ended = set(_by(observed.at_last(_panel(observed, "Panel time p95")), "ended"))
+    assert ended == {"quorum", "no_quorum"}
+    assert _close(
+        counts("Cancelled generations", "reason"),
+        {"blocked": t.blocked + t.failed_closed, "client_disconnected": 0},
+    )
+    versions = _by(observed.at_last(_panel(observed, "Active policy version", "stat")), "policy")
+    assert versions == {"test": 1}
+    reloads = _by(observed.at_last(_panel(observed, "Policy reloads")), "policy", "result")
+    assert reloads == {("test", "success"): 0, ("test", "failure"): 0}
+    assert one("Requests in flight", "stat") == 0
+    assert _by(observed.at_last(_panel(observed, "Requests in flight")), "policy") == {"test": 0}
+
+    p50, p95, p99 = (one("Added latency p50 / p95 / p99", ref=r) for r in "ABC")
+    assert 0 <= p50 <= p95 <= p99
+    assert 0 <= one("Answers within 50 ms", "stat") <= 1
+    released = t.allowed + t.overturned + t.failed_open
+    held = "guardrail_added_latency_seconds_count"
+    count = f'sum(increase({held}{{policy="test"}}[{observed.window}]))'
+    assert observed.prom.value(count, observed.last) == pytest.approx(released)
+
+
+def test_raw_counters_add_up(observed: Observed) -> None:
+    """The plain counters, since the app started: warm-up and traffic."""
+    prom, last = observed.prom, observed.last
+    block_rate = (
+        'sum(guardrail_requests_total{policy="test", decision=~"blocked|error_blocked"})'
+        ' / sum(guardrail_requests_total{policy="test"})'
+    )
+    assert prom.value(block_rate, last) == pytest.approx(SENT_BLOCK_RATE)
+    decisions = 'sum by (decision) (guardrail_requests_total{policy="test"})'
+    assert _by(prom.vector(decisions, last), "decision") == SENT
+    fail_open = 'sum(guardrail_requests_total{policy="test", decision="error_allowed"})'
+    assert prom.value(fail_open, last) == SENT["error_allowed"]
+    judge_errors = 'sum by (judge, reason) (guardrail_judge_errors_total{policy="test"}) > 0'
+    assert _by(prom.vector(judge_errors, last), "judge", "reason") == {
+        ("screen", "http"): SENT["error_allowed"]
+    }
+
+
+def test_every_rule_expression_evaluates(observed: Observed) -> None:
+    wrong, firing = [], {}
+    for rule in _rules():
+        found = observed.at_last(rule["expr"])
+        if "alert" in rule:
+            if found:
+                firing[rule["alert"]] = _by(found, "policy")
+        elif not found or not all(math.isfinite(v) for v in found.values()):
+            wrong.append(f"{rule['record']}: {found}")
+    assert not wrong, "\n".join(wrong)
+    # Only fail-open fires: the other alerts need hours of baseline, or counts
+    # a dozen requests do not reach.
+    assert firing == {"GuardrailFailOpen": {"test": SENT["error_allowed"]}}
+
+    # Every window reaches back past the first scrape, where every decision's
+    # series was at zero: rates over them are exact.
+    recorded = {rule["record"]: rule["expr"] for rule in _rules() if "record" in rule}
+    rate5m = observed.at_last(recorded["guardrail:requests:rate5m"])
+    assert _close(_by(rate5m, "decision", scale=300), SENT)
+    for window in ("5m", "1h", "1d"):
+        expr = recorded[f"guardrail:block_rate:ratio_rate{window}"]
+        assert observed.prom.value(expr, observed.last) == pytest.approx(SENT_BLOCK_RATE)
+
+
+def test_prometheus_runs_the_rules(observed: Observed) -> None:
+    prom = observed.prom
+    groups = prom.api("rules")["groups"]
+    loaded = [rule for group in groups for rule in group["rules"]]
+    assert len(loaded) == len(_rules())
+    assert [r for r in loaded if r["health"] != "ok" or r.get("lastError")] == []
+
+    # A recording of a later evaluation than the last scrape: the whole traffic.
+    recorded = 'guardrail:block_rate:ratio_rate5m{policy="test"}'
+    assert prom.wait_until(lambda: prom.value(f"timestamp({recorded})") > observed.last)
+    assert prom.value(recorded) == pytest.approx(SENT_BLOCK_RATE)
+
+    alerts = prom.api("alerts")["alerts"]
+    assert [(a["labels"]["alertname"], a["labels"]["policy"], a["state"]) for a in alerts] == [
+        ("GuardrailFailOpen", "test", "firing")
+    ]
