@@ -124,11 +124,16 @@ class AnswerScreen:
 
     async def _start(self, message: Message) -> None:
         headers = Headers(raw=message.get("headers", []))
-        if "content-length" in headers or headers.get("content-encoding", "identity") != "identity":
+        sse = headers.get("content-type", "").startswith("text/event-stream")
+        if (
+            "content-length" in headers
+            or headers.get("content-encoding", "identity") != "identity"
+            or (not sse and self.stage.plain_text == "whole")
+        ):
             # A complete (or compressed) answer: hold it whole, screen it once.
             self._whole = [message]
             return
-        if headers.get("content-type", "").startswith("text/event-stream"):
+        if sse:
             self._framer = SSEFramer(
                 self.guard.adapter.event_text, max_event_bytes=self.stage.max_event_bytes
             )

@@ -182,6 +182,9 @@ class OutputStage(_Strict):
     overlap_chars: int = Field(default=40, ge=0)
     idle_timeout_s: PositiveFloat = 30.0  # a stream silent this long ends by on_error
     max_event_bytes: PositiveInt = 65_536  # a larger event is screened in pieces
+    # A streamed body that is not server-sent events: screened per window as it
+    # flows, or held and screened whole.
+    plain_text: Literal["window", "whole"] = "window"
 
 
 class Refusal(_Strict):

@@ -295,3 +295,13 @@ def test_app_that_returns_without_answering_does_not_hang_the_guard() -> None:
         # (as a stream: it asked for one).
         assert b'"finish_reason": "content_filter"' in response.content
         assert response.content.rstrip().endswith(b"data: [DONE]")
+
+
+def test_chunked_plain_text_can_be_screened_whole() -> None:
+    text = f"card {CARD} in pieces"
+    chunks = [text[i : i + 4].encode() for i in range(0, len(text), 4)]
+    app, _ = raw_app(chunks, content_type=b"text/plain")
+    with serve_raw(app, output_policy(extra="  plain_text: whole\n")) as served:
+        response = post(served)
+        assert CARD not in response.text
+        assert '"finish_reason": "content_filter"' in response.text  # the client asked to stream
