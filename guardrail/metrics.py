@@ -9,11 +9,13 @@ failure reasons, categories that judges map into known sets.
 from __future__ import annotations
 
 import threading
+from typing import get_args
 from weakref import WeakKeyDictionary
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from guardrail.decision import DECISIONS
+from guardrail.judges.base import FailureReason
 
 # Added latency is the product's promise: fine buckets near zero.
 _ADDED_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -199,12 +201,22 @@ class GuardrailMetrics:
         """Create a policy's series at zero, so rates exist before the first event."""
         for decision in DECISIONS:
             self.requests.labels(policy, decision)
-        self.added_latency.labels(policy)
-        self.in_flight.labels(policy)
-        for reason in ("blocked", "client_disconnected"):
+            self.request_duration.labels(policy, decision)
+        for one in (self.added_latency, self.in_flight, self.first_byte, self.windows):
+            one.labels(policy)
+        for one in (self.overturned, self.unknown_tenants):
+            one.labels(policy)
+        for reason in ("blocked", "client_disconnected", "idle"):
             self.app_cancelled.labels(policy, reason)
+        for reason in ("flag", "error", "idle", "app_error"):
+            self.streams_cut.labels(policy, reason)
+        for trigger in ("flag", "error"):
+            self.escalations.labels(policy, trigger)
+            for outcome in ("block", "allow", "no_quorum"):
+                self.panel_rulings.labels(policy, trigger, outcome)
         for judge in judges:
-            self.judge_errors.labels(policy, judge, "timeout")
+            for reason in get_args(FailureReason):
+                self.judge_errors.labels(policy, judge, reason)
         for result in ("success", "failure"):
             self.reloads.labels(policy, result)
 
