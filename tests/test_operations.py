@@ -257,3 +257,29 @@ def test_metrics_add_up_across_two_worker_processes(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_scrapes_during_reloads_stay_whole(live) -> None:  # type: ignore[no-untyped-def]
+    path, url, registry = live
+    done = threading.Event()
+
+    def churn() -> None:
+        for i in range(40):
+            write_policy(path, message=f"Refused {i}.")
+            done.wait(0.01)
+        done.set()
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    scrapes = 0
+    while not done.is_set():
+        response = httpx.get(url + "/metrics")
+        assert response.status_code == 200
+        assert 'guardrail_policy_info{policy="live"' in response.text
+        assert (refusal_of(url, "I love pineapple") or "").startswith("Refused")
+        scrapes += 1
+    churner.join()
+    assert scrapes > 5
+    # A read that caught a write half-done is rejected (and counted); the last
+    # complete write is what ends up serving.
+    assert wait_for(lambda: refusal_of(url, "I love pineapple") == "Refused 39.")
