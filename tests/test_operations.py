@@ -47,6 +47,17 @@ def refusal_of(url: str, text: str, headers: dict[str, str] | None = None) -> st
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """A metric's value once no request is in flight (a request is counted just after it ends)."""
+
+    def idle() -> bool:
+        return all(
+            s.value == 0
+            for m in registry.collect()
+            if m.name == "guardrail_requests_in_flight"
+            for s in m.samples
+        )
+
+    assert wait_for(idle)
     return registry.get_sample_value(name, labels) or 0.0
 
 
