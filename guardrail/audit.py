@@ -135,6 +135,34 @@ class _RotatingFile(RotatingFileHandler):
         raise
 
 
+# One handler per file, shared: after a live reload the old and the new policy
+# both write (the old one for requests still in flight), and two handlers
+# rotating one file would lose records.
+_files: dict[str, tuple[_RotatingFile, int]] = {}
+_files_lock = threading.Lock()
+
+
+def _open_file(path: str, max_bytes: int, backups: int) -> _RotatingFile:
+    key = os.path.abspath(path)
+    with _files_lock:
+        handler, users = _files.get(key, (None, 0))
+        if handler is None:
+            # delay: opened by the writer thread, so a bad path fails by record, not at build.
+            handler = _RotatingFile(key, maxBytes=max_bytes, backupCount=backups, delay=True)
+        _files[key] = (handler, users + 1)
+        return handler
+
+
+def _release_file(handler: _RotatingFile) -> None:
+    with _files_lock:
+        _, users = _files.get(handler.baseFilename, (handler, 1))
+        if users > 1:
+            _files[handler.baseFilename] = (handler, users - 1)
+            return
+        _files.pop(handler.baseFilename, None)
+    handler.close()
+
+
 class AuditTrail:
     """Queues finished requests for a writer thread; ``write`` never blocks and never raises."""
 
@@ -198,8 +226,8 @@ class AuditTrail:
                 thread.join(timeout_s)
         except queue.Full:
             log.warning("audit writer stuck: the records still queued are lost")
-        if isinstance(self.sink, logging.Handler):
-            self.sink.close()
+        if isinstance(self.sink, _RotatingFile):
+            _release_file(self.sink)
 
     async def aclose(self) -> None:
         """``close`` without blocking the event loop."""
@@ -214,10 +242,7 @@ def build_audit(policy: Policy, metrics: GuardrailMetrics) -> AuditTrail | None:
     sink: Sink = logging.getLogger(AUDIT_LOGGER)
     if settings.sink == "file":
         assert settings.path is not None  # policy-checked
-        # delay: opened by the writer thread, so a bad path fails by record, not at build.
-        sink = _RotatingFile(
-            settings.path, maxBytes=settings.max_bytes, backupCount=settings.backups, delay=True
-        )
+        sink = _open_file(settings.path, settings.max_bytes, settings.backups)
     encoder = partial(
         encode,
         policy=policy.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -271,7 +272,7 @@ def test_metrics_add_up_across_two_worker_processes(tmp_path: Path) -> None:
 
 
 def test_scrapes_during_reloads_stay_whole(live) -> None:  # type: ignore[no-untyped-def]
-    path, url, registry = live
+    path, url, _ = live
     done = threading.Event()
 
     def churn() -> None:
@@ -294,3 +295,39 @@ def test_scrapes_during_reloads_stay_whole(live) -> None:  # type: ignore[no-unt
     # A read that caught a write half-done is rejected (and counted); the last
     # complete write is what ends up serving.
     assert wait_for(lambda: refusal_of(url, "I love pineapple") == "Refused 39.")
+
+
+def test_audit_file_keeps_every_record_across_a_reload(tmp_path: Path) -> None:
+    path, audit = tmp_path / "live.yaml", tmp_path / "audit.jsonl"
+    extra = f"audit: {{sink: file, path: '{audit}', max_bytes: 2000, backups: 50}}\n"
+    path.write_text(POLICY.format(word="pineapple", message="Refused A.") + extra)
+    app = GuardrailMiddleware(
+        create_app(None), policy=path, registry=CollectorRegistry(), watch_interval_s=0.05
+    )
+    with Served(app) as served:
+        for _ in range(10):
+            refusal_of(served.url, "I love pineapple")
+        path.write_text(POLICY.format(word="pineapple", message="Refused B.") + extra)
+        assert wait_for(lambda: refusal_of(served.url, "I love pineapple") == "Refused B.")
+        sent = 10 + 1 + 10
+        for _ in range(10):
+            refusal_of(served.url, "I love pineapple")
+
+        def lines() -> list[str]:
+            files = [audit, *tmp_path.glob("audit.jsonl.*")]
+            return [line for f in files if f.exists() for line in f.read_text().splitlines()]
+
+        # The writer thread lands records a moment after each answer; rotation
+        # (2000 bytes) happened several times, through one shared handler.
+        answered = sample(
+            app.guard.metrics.registry,
+            "guardrail_requests_total",
+            policy="live",
+            decision="blocked",
+        )
+        assert answered >= sent
+        assert wait_for(lambda: len(lines()) == answered)
+        assert len(list(tmp_path.glob("audit.jsonl.*"))) > 1
+        records = [json.loads(line) for line in lines()]
+        assert len({r["request_id"] for r in records}) == len(records)
+        assert len({r["policy_version"] for r in records}) == 2  # both policies wrote
