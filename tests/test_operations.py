@@ -331,3 +331,19 @@ def test_audit_file_keeps_every_record_across_a_reload(tmp_path: Path) -> None:
         records = [json.loads(line) for line in lines()]
         assert len({r["request_id"] for r in records}) == len(records)
         assert len({r["policy_version"] for r in records}) == 2  # both policies wrote
+
+
+def test_demo_answers_with_a_model_when_a_key_is_set(stub_llm: StubLLM) -> None:
+    stub_llm.reply = "From the model."
+    port = free_port()
+    env = {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": stub_llm.base_url}
+    proc = start([sys.executable, "-m", "guardrail.cli", "demo", "--port", str(port)], env, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        body = {"model": "m", "messages": [{"role": "user", "content": BENIGN}]}
+        answer = httpx.post(url + URL, json=body, timeout=10).json()
+        assert answer["choices"][0]["message"]["content"] == "From the model."
+        assert refusal_of(url, INJECTION) is not None  # still guarded, by the embedded default
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
