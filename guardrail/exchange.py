@@ -19,6 +19,7 @@ from guardrail.body import ClientGone, decode, read_body
 from guardrail.decision import REFUSING, Decision
 from guardrail.guard import Assessment, Guard, Record
 from guardrail.hold import Hold
+from guardrail.metrics import child
 from guardrail.output import AnswerScreen
 
 log = logging.getLogger("guardrail")
@@ -37,7 +38,7 @@ class GuardedExchange:
 
     async def run(self) -> None:
         """Guard the request; count it whatever happens, and re-raise the app's errors."""
-        in_flight = self.guard.metrics.in_flight.labels(self.guard.policy.name)
+        in_flight = child(self.guard.metrics.in_flight, self.guard.policy.name)
         in_flight.inc()
         try:
             await self._run()

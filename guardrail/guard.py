@@ -16,7 +16,7 @@ from guardrail.audit import AuditTrail, build_audit
 from guardrail.decision import Decision
 from guardrail.factory import build_judge, build_panel
 from guardrail.judges.base import Judge, JudgeFailure
-from guardrail.metrics import GuardrailMetrics, metrics_for
+from guardrail.metrics import GuardrailMetrics, child, metrics_for
 from guardrail.panel import PanelOutcome, PanelRunner
 from guardrail.policy import Policy, digest
 from guardrail.policy import Screen as ScreenSpec
@@ -127,20 +127,20 @@ class Guard:
     def observe(self, record: Record) -> None:
         """Count one finished request and write its audit record."""
         m, policy = self.metrics, self.policy.name
-        m.requests.labels(policy, record.decision).inc()
-        m.request_duration.labels(policy, record.decision).observe(record.duration_s)
+        child(m.requests, policy, record.decision).inc()
+        child(m.request_duration, policy, record.decision).observe(record.duration_s)
         if record.added_latency_s is not None:
-            m.added_latency.labels(policy).observe(record.added_latency_s)
+            child(m.added_latency, policy).observe(record.added_latency_s)
         if record.app_cancelled:
-            m.app_cancelled.labels(policy, record.app_cancelled).inc()
+            child(m.app_cancelled, policy, record.app_cancelled).inc()
         if record.rejected:
-            m.rejected.labels(policy, record.rejected).inc()
+            child(m.rejected, policy, record.rejected).inc()
         if record.first_byte_s is not None:
-            m.first_byte.labels(policy).observe(record.first_byte_s)
+            child(m.first_byte, policy).observe(record.first_byte_s)
         if record.stream_cut:
-            m.streams_cut.labels(policy, record.stream_cut).inc()
+            child(m.streams_cut, policy, record.stream_cut).inc()
         if record.outputs:
-            m.windows.labels(policy).inc(len(record.outputs))
+            child(m.windows, policy).inc(len(record.outputs))
         assessments = [record.assessment] if record.assessment else []
         for assessment in assessments + record.outputs:
             self._observe_assessment(assessment)
@@ -150,30 +150,30 @@ class Guard:
     def _observe_assessment(self, assessment: Assessment) -> None:
         m, policy, stage = self.metrics, self.policy.name, assessment.stage
         for result in assessment.screening.results:
-            m.judge_duration.labels(policy, result.judge, stage).observe(result.latency_s)
+            child(m.judge_duration, policy, result.judge, stage).observe(result.latency_s)
             if isinstance(result, JudgeFailure):
-                m.judge_errors.labels(policy, result.judge, result.reason).inc()
+                child(m.judge_errors, policy, result.judge, result.reason).inc()
             elif result.flagged:
                 for category in result.categories or ("other",):
-                    m.flags.labels(policy, stage, result.judge, category).inc()
+                    child(m.flags, policy, stage, result.judge, category).inc()
         if assessment.panel is not None and assessment.trigger is not None:
             self._observe_panel(assessment.panel, assessment.trigger)
 
     def _observe_panel(self, outcome: PanelOutcome, trigger: Trigger) -> None:
         m, policy = self.metrics, self.policy.name
-        m.escalations.labels(policy, trigger).inc()
-        m.panel_duration.labels(policy, outcome.ended).observe(outcome.duration_s)
-        m.panel_rulings.labels(policy, trigger, outcome.ruling.outcome).inc()
+        child(m.escalations, policy, trigger).inc()
+        child(m.panel_duration, policy, outcome.ended).observe(outcome.duration_s)
+        child(m.panel_rulings, policy, trigger, outcome.ruling.outcome).inc()
         if trigger == "flag" and outcome.ruling.outcome == "allow":
-            m.overturned.labels(policy).inc()
+            child(m.overturned, policy).inc()
         for seat in outcome.seats:
-            m.panel_votes.labels(policy, seat.judge, seat.state).inc()
+            child(m.panel_votes, policy, seat.judge, seat.state).inc()
             if seat.abstained == "cancelled":
-                m.panel_cancelled.labels(policy, seat.judge).inc()
+                child(m.panel_cancelled, policy, seat.judge).inc()
             elif seat.abstained is not None:
-                m.panel_abstentions.labels(policy, seat.judge, seat.abstained).inc()
+                child(m.panel_abstentions, policy, seat.judge, seat.abstained).inc()
             if seat.result is not None:
-                m.judge_duration.labels(policy, seat.judge, "panel").observe(seat.latency_s)
+                child(m.judge_duration, policy, seat.judge, "panel").observe(seat.latency_s)
 
     @property
     def version(self) -> str:

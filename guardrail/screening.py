@@ -25,10 +25,11 @@ class Screen:
     timeout_s: float
     categories: frozenset[str] | None = None
 
-    def counts(self, verdict: Verdict) -> Verdict:
-        """The verdict with flags outside this screen's categories ignored."""
-        if not verdict.flagged or self.categories is None:
-            return verdict
+    def counts(self, result: JudgeResult) -> JudgeResult:
+        """The result with flags outside this screen's categories ignored."""
+        if not isinstance(result, Verdict) or not result.flagged or self.categories is None:
+            return result
+        verdict = result
         kept = tuple(c for c in verdict.categories if c in self.categories)
         return verdict if kept else replace(verdict, flagged=False, categories=())
 
@@ -63,16 +64,27 @@ async def judge_once(judge: Judge, text: str, timeout_s: float) -> JudgeResult:
 
 async def screen_all(screens: Sequence[Screen], text: str) -> Screening:
     """Run every screen concurrently; stop at the first flag."""
-    tasks = {asyncio.create_task(judge_once(s.judge, text, s.timeout_s)): s for s in screens}
+    # Network judges start first, so the local ones cost them no time; the local
+    # judges then run right here (a task each would cost more than their work),
+    # and a local flag cancels the network calls, most before they are sent.
+    tasks = {
+        asyncio.create_task(judge_once(s.judge, text, s.timeout_s)): s
+        for s in screens
+        if not s.judge.inline
+    }
     results: list[JudgeResult] = []
     try:
+        for screen in screens:
+            if screen.judge.inline:
+                result = screen.counts(await judge_once(screen.judge, text, screen.timeout_s))
+                results.append(result)
+                if isinstance(result, Verdict) and result.flagged:
+                    return Screening(tuple(results), result)
         pending = set(tasks)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                result = task.result()
-                if isinstance(result, Verdict):
-                    result = tasks[task].counts(result)
+                result = tasks[task].counts(task.result())
                 results.append(result)
                 if isinstance(result, Verdict) and result.flagged:
                     return Screening(tuple(results), result)

@@ -54,6 +54,10 @@ class JudgeError(Exception):
 class Judge(Protocol):
     """Screens one text and returns a verdict, or raises ``JudgeError``."""
 
+    # True for judges that answer on the CPU in microseconds (no I/O): they run
+    # in the request's own task instead of a task each.
+    inline: bool
+
     @property
     def name(self) -> str: ...
 

@@ -40,6 +40,8 @@ _MAX_CONNECTIONS = 100
 class LLMJudge:
     """Screens text with one chat model and returns its verdict."""
 
+    inline = False
+
     def __init__(
         self,
         *,

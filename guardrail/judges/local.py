@@ -104,6 +104,8 @@ def _first_label(books: Sequence[_Rulebook], text: str) -> str | None:
 class _LocalJudge:
     """What the local judges share: a name, timing, long texts scanned off the loop."""
 
+    inline = True
+
     def __init__(self, name: str) -> None:
         self._name = name
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 __all__ = ["normalize", "strip_invisible"]
 
@@ -126,6 +127,9 @@ _TABLE.update({ord(unicodedata.lookup(name)): latin for name, latin in _LOOKALIK
 _WHITESPACE_RUN = re.compile(r"\s+")
 
 
+# Every local judge normalises the same request text: the first pays, the rest
+# hit the cache. Small, so at most a few recent texts stay in memory.
+@lru_cache(maxsize=16)
 def strip_invisible(text: str) -> str:
     """NFKC, invisible characters removed, lookalike letters mapped to Latin; case kept."""
     # Remove invisibles before NFKC so a base letter and its combining mark
@@ -138,6 +142,7 @@ def strip_invisible(text: str) -> str:
     return unicodedata.normalize("NFKC", text).translate(_TABLE)
 
 
+@lru_cache(maxsize=16)
 def normalize(text: str) -> str:
     """``strip_invisible``, then whitespace runs folded to one space and case folded."""
     return _WHITESPACE_RUN.sub(" ", strip_invisible(text)).strip().casefold()
