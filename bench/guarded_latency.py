@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -95,9 +96,21 @@ def build_app() -> Any:
 
 
 class AppServer:
-    """``python -m uvicorn --factory guarded_latency:build_app`` on a free port."""
+    """``python -m uvicorn --factory guarded_latency:build_app`` on a free port.
 
-    def __init__(self, name: str, upstream_url: str, policy: str) -> None:
+    ``factory`` names another ``module:function`` in ``bench/``; ``uvicorn_args``
+    are added to the command line (e.g. ``--loop uvloop --http httptools``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        upstream_url: str,
+        policy: str,
+        *,
+        factory: str = "guarded_latency:build_app",
+        uvicorn_args: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.port = _free_port()
         env = {
@@ -114,7 +127,7 @@ class AppServer:
                 "-m",
                 "uvicorn",
                 "--factory",
-                "guarded_latency:build_app",
+                factory,
                 "--app-dir",
                 str(ROOT / "bench"),
                 "--host",
@@ -124,6 +137,7 @@ class AppServer:
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                *uvicorn_args,
             ],
             cwd=ROOT,
             env=env,
