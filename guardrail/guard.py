@@ -81,7 +81,11 @@ class Guard:
         output_screens = bind(policy.output.screens) if policy.output else ()
         panel = build_panel(policy, judges)
         metrics = metrics_for(registry)
-        metrics.prepare(policy.name, list(judges))
+        metrics.prepare(
+            policy.name,
+            [s.judge for s in policy.input.screens],
+            [s.judge for s in policy.output.screens] if policy.output else (),
+        )
         adapter = ADAPTERS[policy.format]()
         audit = build_audit(policy, metrics)
         return cls(policy, adapter, screens, output_screens, judges, panel, metrics, audit)
@@ -152,18 +156,18 @@ class Guard:
         for result in assessment.screening.results:
             child(m.judge_duration, policy, result.judge, stage).observe(result.latency_s)
             if isinstance(result, JudgeFailure):
-                child(m.judge_errors, policy, result.judge, result.reason).inc()
+                child(m.judge_errors, policy, result.judge, stage, result.reason).inc()
             elif result.flagged:
                 for category in result.categories or ("other",):
                     child(m.flags, policy, stage, result.judge, category).inc()
         if assessment.panel is not None and assessment.trigger is not None:
-            self._observe_panel(assessment.panel, assessment.trigger)
+            self._observe_panel(assessment.panel, assessment.trigger, stage)
 
-    def _observe_panel(self, outcome: PanelOutcome, trigger: Trigger) -> None:
+    def _observe_panel(self, outcome: PanelOutcome, trigger: Trigger, stage: Stage) -> None:
         m, policy = self.metrics, self.policy.name
-        child(m.escalations, policy, trigger).inc()
+        child(m.escalations, policy, stage, trigger).inc()
         child(m.panel_duration, policy, outcome.ended).observe(outcome.duration_s)
-        child(m.panel_rulings, policy, trigger, outcome.ruling.outcome).inc()
+        child(m.panel_rulings, policy, stage, trigger, outcome.ruling.outcome).inc()
         if trigger == "flag" and outcome.ruling.outcome == "allow":
             child(m.overturned, policy).inc()
         for seat in outcome.seats:

@@ -9,6 +9,7 @@ failure reasons, categories that judges map into known sets.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, get_args
 from weakref import WeakKeyDictionary
@@ -74,8 +75,9 @@ class GuardrailMetrics:
         )
         self.judge_errors = Counter(
             "guardrail_judge_errors",
-            "Judges that gave no verdict, by reason: timeout, http, rate_limited, parse, internal.",
-            ["policy", "judge", "reason"],
+            "Screens that gave no verdict, by stage (input, output) and reason: timeout, http, "
+            "rate_limited, parse, internal.",
+            ["policy", "judge", "stage", "reason"],
             registry=registry,
         )
         self.flags = Counter(
@@ -112,9 +114,9 @@ class GuardrailMetrics:
 
         self.escalations = Counter(
             "guardrail_escalations",
-            "Requests sent to the panel, by trigger: flag (a screen flagged), error (a judge "
-            "failed).",
-            ["policy", "trigger"],
+            "Requests (stage=input) and answer windows (stage=output) sent to the panel, by "
+            "trigger: flag (a screen flagged), error (a judge failed).",
+            ["policy", "stage", "trigger"],
             registry=registry,
         )
         self.panel_duration = Histogram(
@@ -126,9 +128,9 @@ class GuardrailMetrics:
         )
         self.panel_rulings = Counter(
             "guardrail_panel_rulings",
-            "Panel rulings by trigger and outcome; with trigger=flag, block is agreement "
-            "with the screen and allow an overturn.",
-            ["policy", "trigger", "outcome"],
+            "Panel rulings by stage (input, output), trigger and outcome; with trigger=flag, "
+            "block is agreement with the screen and allow an overturn.",
+            ["policy", "stage", "trigger", "outcome"],
             registry=registry,
         )
         self.overturned = Counter(
@@ -198,8 +200,14 @@ class GuardrailMetrics:
             registry=registry,
         )
 
-    def prepare(self, policy: str, judges: list[str]) -> None:
-        """Create a policy's series at zero, so rates exist before the first event."""
+    def prepare(
+        self, policy: str, input_judges: Iterable[str], output_judges: Iterable[str] = ()
+    ) -> None:
+        """Create a policy's series at zero, so rates exist before the first event.
+
+        ``input_judges`` and ``output_judges`` name the judges of the input and output
+        screens; a policy without output screens gets no ``stage="output"`` series.
+        """
         for decision in DECISIONS:
             self.requests.labels(policy, decision)
             self.request_duration.labels(policy, decision)
@@ -211,13 +219,17 @@ class GuardrailMetrics:
             self.app_cancelled.labels(policy, reason)
         for reason in ("flag", "error", "idle", "app_error"):
             self.streams_cut.labels(policy, reason)
-        for trigger in ("flag", "error"):
-            self.escalations.labels(policy, trigger)
-            for outcome in ("block", "allow", "no_quorum"):
-                self.panel_rulings.labels(policy, trigger, outcome)
-        for judge in judges:
-            for reason in get_args(FailureReason):
-                self.judge_errors.labels(policy, judge, reason)
+        stages = {"input": tuple(input_judges), "output": tuple(output_judges)}
+        for stage, judges in stages.items():
+            if stage == "output" and not judges:
+                continue
+            for trigger in ("flag", "error"):
+                self.escalations.labels(policy, stage, trigger)
+                for outcome in ("block", "allow", "no_quorum"):
+                    self.panel_rulings.labels(policy, stage, trigger, outcome)
+            for judge in dict.fromkeys(judges):
+                for reason in get_args(FailureReason):
+                    self.judge_errors.labels(policy, judge, stage, reason)
         for result in ("success", "failure"):
             self.reloads.labels(policy, result)
 

@@ -108,7 +108,8 @@ def test_failing_judge_decides_by_fail_mode(
         else:
             assert answer.choices[0].message.content == f"You said: {BENIGN}"
             assert app.decisions("error_allowed") == 1
-        assert app.sample("guardrail_judge_errors_total", {"judge": "llm", "reason": reason}) == 1
+        errors = {"judge": "llm", "stage": "input", "reason": reason}
+        assert app.sample("guardrail_judge_errors_total", errors) == 1
 
 
 def test_flag_from_one_screen_cancels_the_others(stub_llm_factory) -> None:  # type: ignore[no-untyped-def]

@@ -23,7 +23,10 @@ def test_all_safe_overturns_the_flag_and_releases_the_answer(stub_llm_factory: F
         answer = ask(app.client(), INJECTION)
         assert answer.choices[0].message.content == f"You said: {INJECTION}"
         assert app.decisions("flagged_allowed") == 1
-        assert app.sample("guardrail_escalations_total", {"trigger": "flag"}) == 1
+        assert app.sample("guardrail_escalations_total", {"stage": "input", "trigger": "flag"}) == 1
+        # No output screens: no output-stage series.
+        output = {"policy": "test", "stage": "output", "trigger": "flag"}
+        assert app.registry.get_sample_value("guardrail_escalations_total", output) is None
         assert app.sample("guardrail_flags_overturned_total", {}) == 1
         votes = {
             vote: sum(
@@ -51,7 +54,10 @@ def test_two_of_three_unsafe_refuse_before_the_third_answers(stub_llm_factory: F
         assert app.decisions("blocked") == 1
         assert app.sample("guardrail_panel_stragglers_cancelled_total", {"judge": "c"}) == 1
         assert (
-            app.sample("guardrail_panel_rulings_total", {"trigger": "flag", "outcome": "block"})
+            app.sample(
+                "guardrail_panel_rulings_total",
+                {"stage": "input", "trigger": "flag", "outcome": "block"},
+            )
             == 1
         )
         assert app.sample("guardrail_panel_duration_seconds_count", {"ended": "quorum"}) == 1
@@ -217,4 +223,6 @@ def test_judge_failure_escalates_when_on_error_is_vote(stub_llm_factory: Factory
     with guarded_app(policy) as app:
         assert ask(app.client(), BENIGN).choices[0].finish_reason == "stop"
         assert app.decisions("allowed") == 1
-        assert app.sample("guardrail_escalations_total", {"trigger": "error"}) == 1
+        assert (
+            app.sample("guardrail_escalations_total", {"stage": "input", "trigger": "error"}) == 1
+        )

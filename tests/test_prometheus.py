@@ -418,13 +418,18 @@ def test_the_dashboard_shows_the_traffic_sent(observed: Observed) -> None:
     # The LLM screen answered the allowed and the failed requests; it was cut
     # off on the flagged ones.
     answers = t.allowed + t.failed_open
+    # Per stage: the policy screens input only.
     assert _close(
-        _by(observed.at_last(_panel(observed, "Judge error rate")), "judge"),
-        {"screen": t.failed_open / answers, "injection": 0, "pii": 0},
+        _by(observed.at_last(_panel(observed, "Judge error rate")), "judge", "stage"),
+        {
+            ("screen", "input"): t.failed_open / answers,
+            ("injection", "input"): 0,
+            ("pii", "input"): 0,
+        },
     )
-    errors = counts("Judge errors by reason", "judge", "reason")
+    errors = counts("Judge errors by reason", "judge", "stage", "reason")
     assert {k: v for k, v in errors.items() if v} == pytest.approx(
-        {("screen", "http"): t.failed_open}
+        {("screen", "input", "http"): t.failed_open}
     )
     latency = _by(observed.at_last(_panel(observed, "Judge latency p95")), "judge", "stage")
     assert set(latency) == {
@@ -436,7 +441,7 @@ def test_the_dashboard_shows_the_traffic_sent(observed: Observed) -> None:
     }
 
     escalated = t.escalated
-    assert _close(counts("Panel escalations", "trigger"), {"flag": escalated})
+    assert _close(counts("Panel escalations", "stage", "trigger"), {("input", "flag"): escalated})
     assert one("Overturn rate and agreement", ref="A") == pytest.approx(t.overturned / escalated)
     assert one("Overturn rate and agreement", ref="B") == pytest.approx(t.blocked / escalated)
     # Seats a and b settle every vote (or both fail); c, slow, is cut off every time.
@@ -491,9 +496,9 @@ def test_raw_counters_add_up(observed: Observed) -> None:
     assert _by(prom.vector(decisions, last), "decision") == SENT
     fail_open = 'sum(guardrail_requests_total{policy="test", decision="error_allowed"})'
     assert prom.value(fail_open, last) == SENT["error_allowed"]
-    judge_errors = 'sum by (judge, reason) (guardrail_judge_errors_total{policy="test"}) > 0'
-    assert _by(prom.vector(judge_errors, last), "judge", "reason") == {
-        ("screen", "http"): SENT["error_allowed"]
+    judge_errors = 'sum by (judge, stage, reason) (guardrail_judge_errors_total{policy="test"}) > 0'
+    assert _by(prom.vector(judge_errors, last), "judge", "stage", "reason") == {
+        ("screen", "input", "http"): SENT["error_allowed"]
     }
 
 

@@ -19,6 +19,7 @@ from guardrail import GuardrailMiddleware, parse_policy
 
 Factory = Callable[..., StubLLM]
 CARD = "4111 1111 1111 1111"
+UNSAFE = '{"flagged": true, "categories": ["pii_card"], "reason": "a card number"}'
 PIECES = [
     "The weather is lovely today. ",
     "Let us talk about the garden. ",
@@ -161,6 +162,41 @@ def test_failing_window_judge_follows_the_fail_mode(
         assert app.decisions(f"error_{on_error}ed" if on_error == "block" else "error_allowed") == 1
         if on_error == "block":
             assert pieces == [] or "can't help" in "".join(pieces)
+        # Counted as the answer's screen failing, not the request's.
+        errors = {"judge": "out", "reason": "http"}
+        assert app.sample("guardrail_judge_errors_total", {**errors, "stage": "output"}) >= 1
+        assert app.sample("guardrail_judge_errors_total", {**errors, "stage": "input"}) == 0
+
+
+def test_flagged_answer_escalates_to_the_panel_at_the_output_stage(
+    stub_llm_factory: Factory,
+) -> None:
+    upstream = stub_llm_factory(reply=f"Sure, the number is {CARD}.")
+    judge = stub_llm_factory(reply=UNSAFE)
+    pol = parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges:\n"
+        "  pii: {type: pii}\n"
+        f"  a: {{type: llm, model: openai/judge-a, api_base: '{judge.base_url}'}}\n"
+        "input: {screens: [{judge: pii}]}\n"
+        "on_flag: vote\n"
+        "panel: {judges: [{judge: a}]}\n"
+        "output: {screens: [{judge: pii}]}\n"
+    )
+    with guarded_app(pol, upstream.base_url) as app:
+        answer = app.client().chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": BENIGN}]
+        )
+        assert answer.choices[0].finish_reason == "content_filter"
+        assert app.decisions("blocked") == 1
+        output = {"stage": "output", "trigger": "flag"}
+        assert app.sample("guardrail_escalations_total", output) == 1
+        assert app.sample("guardrail_escalations_total", {**output, "stage": "input"}) == 0
+        assert app.sample("guardrail_panel_rulings_total", {**output, "outcome": "block"}) == 1
+        # A policy with output screens has its output series from the start, at zero.
+        prepared = {"policy": "test", "judge": "pii", "stage": "output", "reason": "timeout"}
+        assert app.registry.get_sample_value("guardrail_judge_errors_total", prepared) == 0
 
 
 # --- hostile apps: raw ASGI, so every byte is chosen ------------------------------------
