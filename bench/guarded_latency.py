@@ -576,6 +576,16 @@ async def bench(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def machine_line(load_before: float, started: float, sharing: str) -> str:
+    """The closing line every bench prints: the machine, its load, who shared it, the time."""
+    return (
+        f"machine: {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), Python"
+        f" {sys.version.split()[0]}, load average {load_before:.2f} before,"
+        f" {os.getloadavg()[0]:.2f} after; {sharing}"
+        f" Total {time.perf_counter() - started:.0f} s."
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -589,13 +599,13 @@ def main() -> int:
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rows = asyncio.run(bench(args))
     print_table(rows)
-    cores = os.cpu_count()
     print(
-        f"machine: {cores} cores ({len(os.sched_getaffinity(0))} usable), Python"
-        f" {sys.version.split()[0]}, load average {load_before:.2f} before, "
-        f"{os.getloadavg()[0]:.2f} after; the app stub and the judge stub each run in their"
-        f" own process, the app server in another and the load client in this one, all on"
-        f" the same {cores} cores. Total {time.perf_counter() - started:.0f} s."
+        machine_line(
+            load_before,
+            started,
+            "the app stub and the judge stub each run in their own process, the app server in"
+            " another and the load client in this one, all on the same cores.",
+        )
     )
     failed = [r for r in rows if r.failures]
     for r in failed:

@@ -61,6 +61,7 @@ from guarded_latency import (  # noqa: E402
     _fmt,
     decisions_delta,
     histogram_delta,
+    machine_line,
     scrape,
 )
 
@@ -434,13 +435,13 @@ def main() -> int:
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rows = asyncio.run(bench(args))
     print_table(rows)
-    cores = os.cpu_count()
     print(
-        f"machine: {cores} cores ({len(os.sched_getaffinity(0))} usable), Python"
-        f" {sys.version.split()[0]}, load average {load_before:.2f} before,"
-        f" {os.getloadavg()[0]:.2f} after; three stub processes, six app servers (one per"
-        f" variant, only one busy at a time) and this client share the {cores} cores."
-        f" Total {time.perf_counter() - started:.0f} s."
+        machine_line(
+            load_before,
+            started,
+            "three stub processes, six app servers (one per variant, only one busy at a time)"
+            " and this client share the cores.",
+        )
     )
     failed = [r for r in rows if r.failures]
     for r in failed:

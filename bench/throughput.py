@@ -84,6 +84,7 @@ from guarded_latency import (  # noqa: E402
     decisions_delta,
     histogram_delta,
     histogram_quantile,
+    machine_line,
     scrape,
 )
 
@@ -672,14 +673,13 @@ def main() -> int:
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rows = asyncio.run(bench(args))
     print_table(rows)
-    cores = os.cpu_count()
     print(
-        f"machine: {cores} cores ({len(os.sched_getaffinity(0))} usable), Python"
-        f" {sys.version.split()[0]}, load average {load_before:.2f} before,"
-        f" {os.getloadavg()[0]:.2f} after; uvloop+httptools"
-        f" {'measured' if fast_io() else 'not importable: not measured'}."
-        f" The server, the load clients and the judge stub share these {cores} cores."
-        f" Total {time.perf_counter() - started:.0f} s."
+        machine_line(
+            load_before,
+            started,
+            f"uvloop+httptools {'measured' if fast_io() else 'not importable: not measured'}."
+            " The server, the load clients and the judge stub share these cores.",
+        )
     )
     failed = [r for r in rows if r.failures]
     for r in failed:
