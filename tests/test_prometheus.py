@@ -182,7 +182,7 @@ SENT = {d: WARM_UP.decisions[d] + TRAFFIC.decisions[d] for d in TRAFFIC.decision
 SENT_BLOCK_RATE = (SENT["blocked"] + SENT["error_blocked"]) / sum(SENT.values())
 
 
-def _policy(screen: StubLLM, panel: StubLLM, straggler: StubLLM) -> Policy:
+def _policy(screen: StubLLM, panel: StubLLM, straggler: StubLLM, audit: Path) -> Policy:
     """An LLM screen and two local ones; flags go to a panel whose third seat is slow.
 
     Two votes are needed: when a and b both fail, the panel has no quorum at once.
@@ -210,6 +210,7 @@ def _policy(screen: StubLLM, panel: StubLLM, straggler: StubLLM) -> Policy:
         "  min_votes: 2\n"
         "  deadline_s: 10\n"
         "  on_no_quorum: block\n"
+        f"audit: {{sink: file, path: '{audit}'}}\n"
     )
 
 
@@ -278,6 +279,7 @@ class Observed:
     prom: Prometheus
     base: float
     last: float
+    audit: Path  # the guarded app's audit trail (JSON lines)
 
     @property
     def window_s(self) -> float:
@@ -306,7 +308,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         panel = stack.enter_context(StubLLM(reply=_panel_reply))
         straggler = stack.enter_context(StubLLM(reply=SAFE, latency_s=30.0))
         upstream = stack.enter_context(StubLLM())
-        app = stack.enter_context(guarded_app(_policy(screen, panel, straggler), upstream.base_url))
+        audit = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+        policy = _policy(screen, panel, straggler, audit)
+        app = stack.enter_context(guarded_app(policy, upstream.base_url))
         prom = stack.enter_context(
             Prometheus(
                 binary,
@@ -320,7 +324,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         # them exist at the scrape before the traffic (``base``).
         base = _scrape_after(prom, _play(app, screen, upstream, WARM_UP))
         last = _scrape_after(prom, _play(app, screen, upstream, TRAFFIC))
-        yield Observed(prom, base, last)
+        yield Observed(prom, base, last, audit)
 
 
 def _panel_queries() -> list[tuple[str, str]]:
@@ -542,3 +546,27 @@ def test_prometheus_runs_the_rules(observed: Observed) -> None:
     assert [(a["labels"]["alertname"], a["labels"]["policy"], a["state"]) for a in alerts] == [
         ("GuardrailFailOpen", "test", "firing")
     ]
+
+
+def test_the_audit_trail_holds_one_record_per_request_prometheus_counted(
+    observed: Observed,
+) -> None:
+    counted = _by(observed.at_last('guardrail_requests_total{policy="test"}'), "decision")
+    total = sum(counted.values())
+
+    def records() -> list[dict[str, Any]]:
+        lines = observed.audit.read_text().splitlines() if observed.audit.exists() else []
+        return [json.loads(line) for line in lines]
+
+    # The trail's writer thread lands a record a moment after its request ends.
+    deadline = time.monotonic() + 5
+    while len(records()) < total and time.monotonic() < deadline:
+        time.sleep(0.02)
+    found = records()
+    assert len(found) == total > 0
+    by_decision: dict[str, int] = {}
+    for record in found:
+        by_decision[record["decision"]] = by_decision.get(record["decision"], 0) + 1
+    assert by_decision == {d: n for d, n in counted.items() if n}
+    assert len({r["request_id"] for r in found}) == total
+    assert not any(INJECTION in json.dumps(r) or CARD in json.dumps(r) for r in found)
