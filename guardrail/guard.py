@@ -1,7 +1,9 @@
-"""The factory: build every part a policy names, once, and the record each request leaves.
+"""The guard: a policy with its parts built once, how it decides, and how it counts.
 
 Nothing is built at import time. ``Guard.build`` turns a validated policy into
-judges, screens, an adapter and metrics; the middleware only runs them.
+judges, screens, a panel, an adapter, metrics and an audit trail (``factory``
+builds the judges); the middleware only runs them. ``Record`` is what one
+request leaves behind, the single source of its metrics and its audit line.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ Stage = Literal["input", "output"]
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
-    """The decision on a request's input, and what led to it."""
+    """The decision on one text (the request, or a window of the answer) and what led to it."""
 
     decision: Decision
     screening: Screening
@@ -49,7 +51,7 @@ class Record:
     rejected: str | None = None  # why the request could not be screened
     text: str | None = None  # what was screened; the audit trail hashes it unless told not to
     outputs: list[Assessment] = field(default_factory=list)  # one per screened answer window
-    first_byte_s: float | None = None  # when the first body byte reached the client
+    first_byte_s: float | None = None  # from arrival to the first body byte sent
     stream_cut: str | None = None  # why a streamed answer was cut short
 
 
