@@ -46,6 +46,22 @@ def summary(policy: Policy) -> str:
         spec = policy.judges[screen.judge]
         only = f", only {', '.join(screen.categories)}" if screen.categories else ""
         lines.append(f"    - {screen.judge} ({spec.type}, timeout {screen.timeout_s}s{only})")
+    if policy.output is not None:
+        out = policy.output
+        lines.append(
+            f"  answers:   {out.mode}, windows of {out.window_chars} chars"
+            f" (overlap {out.overlap_chars}), screened by "
+            + ", ".join(s.judge for s in out.screens)
+        )
+    if policy.panel is not None:
+        panel = policy.panel
+        seats = ", ".join(
+            f"{s.judge}" + (f" x{s.samples}" if s.samples > 1 else "") for s in panel.judges
+        )
+        lines.append(
+            f"  panel:     {seats}; {panel.quorum}, deadline {panel.deadline_s}s,"
+            f" no quorum: {panel.on_no_quorum}"
+        )
     lines += [
         f"  on flag:   {policy.on_flag}",
         f"  on error:  {policy.on_error} (a judge that times out or fails)",

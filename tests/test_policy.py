@@ -139,6 +139,16 @@ def test_cli_check_summarises_a_valid_policy() -> None:
     assert "injection (injection" in done.stdout
 
 
+def test_cli_check_summarises_the_panel_and_the_answer_screens(tmp_path: Path) -> None:
+    path = write(tmp_path, PANEL + "output: {screens: [{judge: injection}], mode: optimistic}\n")
+    done = run_cli("check", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "panel:     a, b; majority, deadline 2.0s, no quorum: block" in done.stdout
+    assert "answers:   optimistic, windows of 400 chars (overlap 40), screened by injection" in (
+        done.stdout
+    )
+
+
 def test_cli_check_fails_with_file_line_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, VALID.replace("timeout_s: 0.5", "timeout_s: -1"))
     done = run_cli("check", str(path))

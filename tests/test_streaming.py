@@ -341,3 +341,50 @@ def test_chunked_plain_text_can_be_screened_whole() -> None:
         response = post(served)
         assert CARD not in response.text
         assert '"finish_reason": "content_filter"' in response.text  # the client asked to stream
+
+
+@pytest.mark.parametrize("mode", ["input-only", "hold_back", "optimistic"])
+def test_chunks_flow_while_the_app_is_still_generating(
+    stub_llm_factory: Factory, mode: str
+) -> None:
+    # Clean text, four chunks 0.3 s apart: the first must reach the client while
+    # the app's model is still streaming, not after it finished.
+    upstream = stub_llm_factory(
+        reply="".join(PIECES[:2] + PIECES[3:] + PIECES[:1]), stream_chunks=4, chunk_delay_s=0.3
+    )
+    pol = policy() if mode == "input-only" else output_policy(mode, window=20)
+    with guarded_app(pol, upstream.base_url) as app:
+        stream = app.client().chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": BENIGN}], stream=True
+        )
+        first = next(c for c in stream if c.choices and c.choices[0].delta.content)
+        assert first.choices[0].delta.content
+        assert upstream.completed == 0  # the model has not finished its answer yet
+        rest = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert (first.choices[0].delta.content + rest).endswith(PIECES[0])
+
+
+def test_client_leaving_mid_stream_cancels_the_window_judge(stub_llm_factory: Factory) -> None:
+    upstream = streaming_upstream(stub_llm_factory, chunk_delay_s=0.2)
+    judge = stub_llm_factory(latency_s=30.0)  # the answer's judge is still thinking
+    pol = parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges:\n"
+        "  injection: {type: injection}\n"
+        f"  out: {{type: llm, model: openai/out, api_base: '{judge.base_url}'}}\n"
+        "input: {screens: [{judge: injection}]}\n"
+        "output: {screens: [{judge: out, timeout_s: 60}], window_chars: 20, overlap_chars: 5,"
+        " mode: optimistic}\n"
+    )
+    with guarded_app(pol, upstream.base_url) as app:
+        stream = app.client().chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": BENIGN}], stream=True
+        )
+        next(c for c in stream if c.choices and c.choices[0].delta.content)
+        assert wait_for(lambda: judge.count >= 1)
+        stream.close()
+        # The app, its model call and the window judge's call are all stopped.
+        assert wait_for(lambda: upstream.cancelled == 1)
+        assert wait_for(lambda: judge.cancelled == judge.count)
+        assert app.sample("guardrail_requests_in_flight", {}) == 0
