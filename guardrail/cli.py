@@ -23,11 +23,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--policy", default="default", help="policy file (default: embedded)")
+    proxy = commands.add_parser("proxy", help="guard any HTTP chat service: forward to it")
+    proxy.add_argument("--upstream", required=True, help="the service's base URL")
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, default=8000)
+    proxy.add_argument("--policy", default="default", help="policy file (default: embedded)")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
             print(summary(load_policy(args.policy)))
             return 0
+        if args.command == "proxy":
+            return _proxy(args.upstream, args.host, args.port, args.policy)
         return _demo(args.host, args.port, args.policy)
     except PolicyError as exc:
         print(exc, file=sys.stderr)
@@ -78,6 +85,18 @@ def _demo(host: str, port: int, policy: str) -> int:
     create_app = _example("chat_app").create_app
     print(f"guardrail demo: http://{host}:{port}/v1/chat/completions  metrics: /metrics")
     uvicorn.run(create_app(policy), host=host, port=port, log_level="info")
+    return 0
+
+
+def _proxy(upstream: str, host: str, port: int, policy: str) -> int:
+    import uvicorn
+
+    from guardrail.middleware import GuardrailMiddleware
+    from guardrail.proxy import Upstream
+
+    app = GuardrailMiddleware(Upstream(upstream), policy=policy)
+    print(f"guardrail proxy: http://{host}:{port} -> {upstream}  metrics: /metrics")
+    uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
 
 

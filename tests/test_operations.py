@@ -196,14 +196,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def start(
+    args: list[str], env: dict[str, str], port: int, *, health: str = "/health"
+) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         args, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
 
     def up() -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}{health}").status_code < 500
         except httpx.HTTPError:
             return False
 
