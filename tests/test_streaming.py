@@ -43,6 +43,20 @@ def output_policy(mode: str = "hold_back", *, window: int = 20, extra: str = "")
     )
 
 
+def llm_output_policy(judge: StubLLM, extra: str, output: str) -> Any:
+    """An input screen, and an LLM judge on ``judge`` screening the answer in small windows."""
+    return parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges:\n"
+        "  injection: {type: injection}\n"
+        f"  out: {{type: llm, model: openai/out, api_base: '{judge.base_url}'}}\n"
+        "input: {screens: [{judge: injection}]}\n"
+        f"{extra}"
+        f"output: {{{output}, window_chars: 20, overlap_chars: 5}}\n"
+    )
+
+
 def stream_text(client: openai.OpenAI) -> tuple[list[str], str | None]:
     """The content pieces a streaming client receives, and the last finish_reason."""
     pieces, finish = [], None
@@ -146,15 +160,8 @@ def test_failing_window_judge_follows_the_fail_mode(
 ) -> None:
     upstream = stub_llm_factory(reply="".join(PIECES[:2]), stream_chunks=2)
     judge = stub_llm_factory(status=500)  # the answer's judge fails on every window
-    pol = parse_policy(
-        "name: test\n"
-        "routes: [{path: /v1/chat/completions}]\n"
-        "judges:\n"
-        "  injection: {type: injection}\n"
-        f"  out: {{type: llm, model: openai/out, api_base: '{judge.base_url}'}}\n"
-        "input: {screens: [{judge: injection}]}\n"
-        f"on_error: {on_error}\n"
-        "output: {screens: [{judge: out, timeout_s: 1}], window_chars: 20, overlap_chars: 5}\n"
+    pol = llm_output_policy(
+        judge, f"on_error: {on_error}\n", "screens: [{judge: out, timeout_s: 1}]"
     )
     with guarded_app(pol, upstream.base_url) as app:
         pieces, got = stream_text(app.client())
@@ -367,16 +374,7 @@ def test_chunks_flow_while_the_app_is_still_generating(
 def test_client_leaving_mid_stream_cancels_the_window_judge(stub_llm_factory: Factory) -> None:
     upstream = streaming_upstream(stub_llm_factory, chunk_delay_s=0.2)
     judge = stub_llm_factory(latency_s=30.0)  # the answer's judge is still thinking
-    pol = parse_policy(
-        "name: test\n"
-        "routes: [{path: /v1/chat/completions}]\n"
-        "judges:\n"
-        "  injection: {type: injection}\n"
-        f"  out: {{type: llm, model: openai/out, api_base: '{judge.base_url}'}}\n"
-        "input: {screens: [{judge: injection}]}\n"
-        "output: {screens: [{judge: out, timeout_s: 60}], window_chars: 20, overlap_chars: 5,"
-        " mode: optimistic}\n"
-    )
+    pol = llm_output_policy(judge, "", "screens: [{judge: out, timeout_s: 60}], mode: optimistic")
     with guarded_app(pol, upstream.base_url) as app:
         stream = app.client().chat.completions.create(
             model="demo", messages=[{"role": "user", "content": BENIGN}], stream=True
