@@ -16,6 +16,7 @@ Decision = Literal[
     "error_blocked",  # a judge failed and the policy fails closed
     "rejected",  # the request could not be screened (malformed, too large): refused unscreened
     "abandoned",  # the client left before a decision
+    "app_error",  # screened, but the app (or the proxied upstream) failed to answer
 ]
 
 DECISIONS: tuple[Decision, ...] = (
@@ -26,6 +27,7 @@ DECISIONS: tuple[Decision, ...] = (
     "error_blocked",
     "rejected",
     "abandoned",
+    "app_error",
 )
 
 REFUSING: frozenset[Decision] = frozenset({"blocked", "error_blocked"})

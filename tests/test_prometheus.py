@@ -164,6 +164,7 @@ class Traffic:
             "error_blocked": self.failed_closed,
             "rejected": self.rejected,
             "abandoned": 0,
+            "app_error": 0,
         }
 
     @property
