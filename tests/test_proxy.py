@@ -48,8 +48,9 @@ def test_benign_requests_reach_the_service_and_unsafe_ones_do_not(stub_llm: Stub
         answer = ask(served, BENIGN)
         assert answer.choices[0].message.content == "From the service."  # type: ignore[attr-defined]
         refused = ask(served, INJECTION)
+        # The service may have answered already (it runs in parallel, with no
+        # latency here): its answer was held, and never reached the client.
         assert refused.choices[0].finish_reason == "content_filter"  # type: ignore[attr-defined]
-        assert stub_llm.completed == 1  # the service never answered the injection
 
 
 def test_a_block_closes_the_upstream_request(stub_llm_factory: Factory) -> None:
