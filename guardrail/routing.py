@@ -43,22 +43,20 @@ def route_path(scope: Scope) -> str:
 def is_canonical(scope: Scope) -> bool:
     """Whether every receiver reads this request's path exactly as the scope says.
 
-    Canonical: the raw bytes decode to the path; every segment is non-empty,
+    Canonical: each segment of the raw path, decoded on its own, is non-empty,
     neither ``.`` nor ``..``, and made only of characters no receiver decodes,
-    splits or drops. The root ``/`` is canonical; a trailing slash is not
-    (Express and others route ``/a/`` as ``/a``).
+    splits or drops (so an encoded ``/`` is refused, not read as a separator);
+    and the segments joined are the scope's path. The root ``/`` is canonical;
+    a trailing slash is not (Express and others route ``/a/`` as ``/a``).
     """
     path: str = scope["path"]
     raw = scope.get("raw_path")
-    if raw is not None and unquote(raw.decode("latin-1")) != path:
-        return False
-    if path == "/":
-        return True
-    if not path.startswith("/"):
-        return False
-    return all(
-        segment not in ("", ".", "..") and all(c in _PLAIN for c in segment)
-        for segment in path[1:].split("/")
+    text = raw.decode("latin-1") if raw is not None else path
+    if text == "/" or not text.startswith("/"):
+        return text == "/" == path
+    segments = [unquote(segment) for segment in text[1:].split("/")]
+    return "/" + "/".join(segments) == path and all(
+        segment not in ("", ".", "..") and all(c in _PLAIN for c in segment) for segment in segments
     )
 
 
