@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 from collections.abc import Callable, Iterator
+from urllib.parse import unquote
 
 import httpx
 import openai
 import pytest
 from guarded import BENIGN, INJECTION, policy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from recorder import HOLD, Recorder, chat, raw
 from served import Served, wait_for
 from stub_llm import StubLLM
 from test_operations import free_port, start
-from test_routing import CHAT, NON_CANONICAL
+from test_routing import CHAT, METHODS, NON_CANONICAL, hostile_paths, reachable
 
 from guardrail import GuardrailMiddleware
 from guardrail.proxy import Upstream
@@ -209,3 +213,33 @@ def test_refusals_never_leak_upstream_connections() -> None:
             assert wait_for(lambda: upstream.closed == len(upstream.received), timeout=30)
             answer = raw(proxy.port, "POST", CHAT, chat(BENIGN), timeout=60)
             assert answer.answered  # still forwarding
+
+
+_probes = itertools.count()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=hostile_paths(), method=st.sampled_from(METHODS), text=st.sampled_from([INJECTION, BENIGN])
+)
+def test_the_upstream_gets_a_hostile_path_as_matched_or_not_at_all(
+    recorded: tuple[Served, Recorder, CollectorRegistry], path: str, method: str, text: str
+) -> None:
+    proxy, upstream, _ = recorded
+    tag = f"h{next(_probes)}"
+    answer = raw(proxy.port, method, path, chat(text), {"x-probe": tag})
+    matched = unquote(path)  # the path the guard matched: the server decodes it once
+    guarded = policy().guards(method, matched)
+    if text == INJECTION and answer.answered:
+        assert not reachable(path), (method, path)  # unscreened text reached the upstream
+    if answer.status in (400, 405):
+        assert upstream.probe(tag) == []  # refused before any forward
+    for got in upstream.probe(tag):
+        # Exactly what the guard matched and screened: no second normalisation.
+        assert (got.method, got.raw_path, got.body) == (
+            method.upper(),
+            matched.encode(),
+            chat(text),
+        )
+        if guarded and text == INJECTION:
+            assert answer.refused

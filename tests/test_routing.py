@@ -7,12 +7,15 @@ or is refused and never reaches it.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from guarded import BENIGN, INJECTION, policy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from recorder import Recorder, chat, raw
 from served import Served, wait_for
@@ -286,3 +289,48 @@ def test_a_bad_policy_built_by_the_user_raises_at_once(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(BAD)
     with pytest.raises(PolicyError, match=r"bad\.yaml:4"):
         GuardrailMiddleware(Recorder(), policy=str(tmp_path / "bad.yaml"))
+
+
+# --- hostile paths, generated ------------------------------------------------------
+
+# Tokens a receiver might read as separators, dots or nothing at all.
+TOKENS = [".", "..", "", "%2e", "%2E%2e", "%2f", "%3F", "%23", "%252e", ";p", "\\", "%20", "x"]
+METHODS = ["POST", "post", "Post", "pOsT", "PUT", "patch", "GET"]
+
+
+@st.composite
+def hostile_paths(draw: st.DrawFn) -> str:
+    """The guarded path, with separators, dots and encodings slipped in, in any case."""
+    segments = ["v1", "chat", "completions"]
+    for _ in range(draw(st.integers(0, 3))):
+        segments.insert(draw(st.integers(0, len(segments))), draw(st.sampled_from(TOKENS)))
+    path = "/" + "/".join(segments)
+    if draw(st.booleans()):
+        path = path.upper()
+    return path
+
+
+def reachable(path: str) -> bool:
+    """Whether any reading of the path is the guarded route."""
+    return policy().route_for(loosest_reading(path)) is not None
+
+
+_probes = itertools.count()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=hostile_paths(), method=st.sampled_from(METHODS), text=st.sampled_from([INJECTION, BENIGN])
+)
+def test_a_hostile_path_is_screened_or_never_acted_on(
+    served: tuple[Served, Recorder], path: str, method: str, text: str
+) -> None:
+    server, recorder = served
+    tag = f"h{next(_probes)}"
+    answer = raw(server.port, method, path, chat(text), {"x-probe": tag})
+    if text == INJECTION and answer.answered:
+        assert not reachable(path), (method, path)  # the app acted on unscreened text
+    for got in recorder.probe(tag):
+        assert got.body == chat(text)
+        if policy().guards(method, got.path) and text == INJECTION:
+            assert answer.refused
