@@ -42,7 +42,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 # Asked of the upstream as identity: a compressed answer could not be screened.
-_NOT_FORWARDED = _HOP_BY_HOP | {"accept-encoding"}
+# Expect: the server answered the client's 100-continue; the body is read whole.
+_NOT_FORWARDED = _HOP_BY_HOP | {"accept-encoding", "expect"}
 # The server in front of the proxy writes its own: one of each reaches the client.
 _NOT_RETURNED = (_HOP_BY_HOP - {"content-length"}) | {"date", "server"}
 

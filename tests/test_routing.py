@@ -8,6 +8,8 @@ or is refused and never reaches it.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,7 +241,11 @@ app.add_middleware(GuardrailMiddleware, policy="bad.yaml")
 """
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def uvicorn_app(tmp_path: Path, *options: str) -> tuple[list[str], int]:
+    """Plain ``uvicorn badapp:app``, the app adding the middleware with a bad policy."""
     (tmp_path / "bad.yaml").write_text(BAD)
     (tmp_path / "badapp.py").write_text(APP)
     port = free_port()
@@ -247,24 +253,32 @@ def uvicorn_app(tmp_path: Path, *options: str) -> tuple[list[str], int]:
     return args, port
 
 
+def checkout_env() -> dict[str, str]:
+    """This checkout's guardrail, whatever the virtualenv has installed."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
 @pytest.mark.parametrize("lifespan", ["auto", "on"])
 def test_a_bad_policy_stops_the_server_under_any_lifespan(tmp_path: Path, lifespan: str) -> None:
-    import subprocess
-
     args, _ = uvicorn_app(tmp_path, "--lifespan", lifespan)
-    done = subprocess.run(args, cwd=tmp_path, capture_output=True, timeout=60, text=True)
+    done = subprocess.run(
+        args, cwd=tmp_path, env=checkout_env(), capture_output=True, timeout=60, text=True
+    )
     assert done.returncode != 0
     assert "bad.yaml:4: routes[0].methods" in done.stderr
     assert "unsupported" not in done.stderr
 
 
 def test_without_lifespan_a_bad_policy_answers_503(tmp_path: Path) -> None:
-    import subprocess
-
     import httpx
 
     args, port = uvicorn_app(tmp_path, "--lifespan", "off")
-    proc = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=checkout_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
     try:
 
         def health() -> int:
