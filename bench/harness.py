@@ -416,6 +416,23 @@ def client_session(concurrency: int, timeout_s: float = 30.0) -> Any:
     )
 
 
+async def ask(session: Any, url: str, body: bytes | None = None, answer: str = ANSWER) -> None:
+    """One chat request (the benign question by default); ``Refused`` unless it is a 200
+    whose answer is ``answer`` with ``finish_reason: stop``."""
+    import json
+
+    async with session.post(
+        url, data=body or chat_request(), headers={"content-type": "application/json"}
+    ) as resp:
+        raw = await resp.read()
+        status = resp.status
+    if status != 200:
+        raise Refused(f"HTTP {status}: {raw[:200]!r}")
+    choice = json.loads(raw)["choices"][0]
+    if choice.get("finish_reason") != "stop" or choice["message"]["content"] != answer:
+        raise Refused(f"unexpected answer: {raw[:200]!r}")
+
+
 def chat_request(text: str = QUESTION, *, stream: bool = False) -> bytes:
     """The JSON body of a one-message chat request."""
     import json
