@@ -23,9 +23,13 @@ import httpx
 import openai
 import pytest
 from guarded import BENIGN, INJECTION
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from served import wait_for
 from stub_llm import StubLLM
 from test_operations import free_port
+
+from guardrail import cli
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
@@ -179,6 +183,20 @@ def test_proxy_refuses_a_worker_count_below_one(workers: str) -> None:
     done = guardrail("proxy", "--upstream", "http://127.0.0.1:9", "--workers", workers)
     assert done.returncode == 2
     assert "--workers" in done.stderr
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=-(10**6), max_value=10**6), st.sampled_from(cli.LOG_LEVELS))
+def test_proxy_options_parse_to_what_was_given(workers: int, level: str) -> None:
+    args = ["proxy", "--upstream", "http://127.0.0.1:9", "--workers", str(workers)]
+    parser = cli._parser()
+    if workers < 1:
+        with pytest.raises(SystemExit):
+            parser.parse_args(args)
+        return
+    parsed = parser.parse_args([*args, "--log-level", level])
+    assert (parsed.workers, parsed.log_level, parsed.port) == (workers, level, 8000)
+    assert cli.log_config(level)["loggers"]["guardrail"]["level"] == level.upper()
 
 
 def test_a_broken_policy_stops_the_proxy_before_it_serves(tmp_path: Path) -> None:
