@@ -1,23 +1,45 @@
 """Canonical text for matching, so obfuscated input reads the same as plain input.
 
-``strip_invisible`` undoes the tricks that change how text is encoded but not
-how it looks: compatibility forms (fullwidth, superscript, ligatures),
-invisible format characters, and a few lookalike letters from other scripts.
-``normalize`` also folds whitespace and case; matchers that care about case
-(API keys, tokens) use ``strip_invisible`` alone.
+The output is for matching only and never shown to anyone. Every step works
+one character at a time, so the cost is linear and a text can be normalised
+in chunks (yielding to the event loop between them) with the same result:
 
-The output is for matching only and never shown to anyone: mapping Cyrillic
-lookalikes to Latin mangles genuine Russian text, which is fine because
-keywords go through the same function as the text they are matched against.
+1. Combining marks are dropped before anything else: "i̇gnore" and marks
+   stacked on every letter read as the plain word. Dropping them first also
+   makes the text stream-safe (UAX #15: no run of non-starters at all), which
+   is what keeps ``unicodedata.normalize`` linear; a long run of alternating
+   marks makes its canonical reordering quadratic, holding the GIL.
+2. Invisible characters are removed, or read as spaces: one inside a word
+   hides it ("ig\u200bnore"), one between words joins them
+   ("ignore\u200ball"). ``readings`` gives both readings when the text holds
+   any, so a matcher sees each.
+3. NFKD undoes compatibility forms (fullwidth, superscript, ligatures,
+   mathematical letters); its own combining marks are dropped too.
+4. Letters that Unicode's confusables data says look like a Latin letter or
+   digit (Armenian oh, Greek alpha, dotless i, Cyrillic a) become that letter. Mapping them
+   mangles genuine Greek or Russian text into a mix of scripts, which is fine
+   for matching: keywords go through the same function as the text.
+5. ``normalize`` also folds case and whitespace runs; matchers that care
+   about case (API keys, tokens) use ``strip_invisible``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import unicodedata
-from functools import lru_cache
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 
-__all__ = ["normalize", "strip_invisible"]
+__all__ = ["normalize", "readings", "strip_invisible"]
+
+# Characters normalised between two turns of the event loop: about a
+# millisecond of work, so a 1 MiB body never holds the loop for long and a
+# judge's timeout can stop it between chunks.
+CHUNK = 16_384
 
 # Characters that render as nothing, so inserting one inside a word hides the
 # word from a matcher but not from a model or a human. All of Unicode 14's
@@ -52,9 +74,11 @@ _INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
     (0x17B4, 0x17B5),  # Khmer inherent vowels
     (0x180B, 0x180D),  # Mongolian free variation selectors
     (0x180F, 0x180F),
+    (0x2800, 0x2800),  # Braille pattern blank
     (0x3164, 0x3164),  # Hangul filler
     (0xFE00, 0xFE0F),  # variation selectors
     (0xFFA0, 0xFFA0),  # halfwidth Hangul filler
+    (0x1D159, 0x1D159),  # musical symbol null notehead
     (0xE0100, 0xE01EF),  # variation selectors supplement
     # C0/C1 controls other than whitespace: a NUL inside a word hides it too.
     (0x0000, 0x0008),
@@ -63,86 +87,170 @@ _INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
     (0x0086, 0x009F),
 )
 
-# Letters from other scripts that look identical to Latin ones in common fonts,
-# by Unicode name so a reader can tell them apart from the Latin letters.
-# Deliberately small and explicit: the full Unicode confusables list maps
-# thousands of characters, many only loosely similar, and would make false
-# matches in ordinary non-Latin text far more likely.
-_LOOKALIKES = {
-    # Cyrillic lower case
-    "CYRILLIC SMALL LETTER A": "a",
-    "CYRILLIC SMALL LETTER IE": "e",
-    "CYRILLIC SMALL LETTER O": "o",
-    "CYRILLIC SMALL LETTER ER": "p",
-    "CYRILLIC SMALL LETTER ES": "c",
-    "CYRILLIC SMALL LETTER U": "y",
-    "CYRILLIC SMALL LETTER HA": "x",
-    "CYRILLIC SMALL LETTER BYELORUSSIAN-UKRAINIAN I": "i",
-    "CYRILLIC SMALL LETTER JE": "j",
-    "CYRILLIC SMALL LETTER DZE": "s",
-    "CYRILLIC SMALL LETTER SHHA": "h",
-    "CYRILLIC SMALL LETTER KOMI DE": "d",
-    "CYRILLIC SMALL LETTER QA": "q",
-    "CYRILLIC SMALL LETTER WE": "w",
-    "CYRILLIC SMALL LETTER PALOCHKA": "l",
-    # Cyrillic upper case
-    "CYRILLIC CAPITAL LETTER A": "A",
-    "CYRILLIC CAPITAL LETTER VE": "B",
-    "CYRILLIC CAPITAL LETTER IE": "E",
-    "CYRILLIC CAPITAL LETTER KA": "K",
-    "CYRILLIC CAPITAL LETTER EM": "M",
-    "CYRILLIC CAPITAL LETTER EN": "H",
-    "CYRILLIC CAPITAL LETTER O": "O",
-    "CYRILLIC CAPITAL LETTER ER": "P",
-    "CYRILLIC CAPITAL LETTER ES": "C",
-    "CYRILLIC CAPITAL LETTER TE": "T",
-    "CYRILLIC CAPITAL LETTER HA": "X",
-    "CYRILLIC CAPITAL LETTER BYELORUSSIAN-UKRAINIAN I": "I",
-    "CYRILLIC CAPITAL LETTER JE": "J",
-    "CYRILLIC CAPITAL LETTER DZE": "S",
-    # Greek
-    "GREEK CAPITAL LETTER ALPHA": "A",
-    "GREEK CAPITAL LETTER BETA": "B",
-    "GREEK CAPITAL LETTER EPSILON": "E",
-    "GREEK CAPITAL LETTER ZETA": "Z",
-    "GREEK CAPITAL LETTER ETA": "H",
-    "GREEK CAPITAL LETTER IOTA": "I",
-    "GREEK CAPITAL LETTER KAPPA": "K",
-    "GREEK CAPITAL LETTER MU": "M",
-    "GREEK CAPITAL LETTER NU": "N",
-    "GREEK CAPITAL LETTER OMICRON": "O",
-    "GREEK CAPITAL LETTER RHO": "P",
-    "GREEK CAPITAL LETTER TAU": "T",
-    "GREEK CAPITAL LETTER UPSILON": "Y",
-    "GREEK CAPITAL LETTER CHI": "X",
-    "GREEK SMALL LETTER OMICRON": "o",
-}
-
-# One table for both jobs, so a single ``str.translate`` pass does them.
-_TABLE: dict[int, str | None] = {
-    code: None for first, last in _INVISIBLE_RANGES for code in range(first, last + 1)
-}
-_TABLE.update({ord(unicodedata.lookup(name)): latin for name, latin in _LOOKALIKES.items()})
+# Blocks with no combining mark in them (a test checks this against
+# ``unicodedata``): skipping them keeps building the mark table fast.
+_MARK_FREE_RANGES: tuple[tuple[int, int], ...] = (
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xAC00, 0xD7A3),  # Hangul syllables
+    (0xD800, 0xF8FF),  # surrogates, private use
+    (0x20000, 0xDFFFF),  # CJK extensions, unassigned planes
+    (0xF0000, 0x10FFFF),  # private use planes
+)
 
 _WHITESPACE_RUN = re.compile(r"\s+")
 
 
-# Every local judge normalises the same request text: the first pays, the rest
-# hit the cache. Small, so at most a few recent texts stay in memory.
-@lru_cache(maxsize=16)
-def strip_invisible(text: str) -> str:
-    """NFKC, invisible characters removed, lookalike letters mapped to Latin; case kept."""
-    # Remove invisibles before NFKC so a base letter and its combining mark
-    # that were split by one still compose.
-    text = text.translate(_TABLE)
-    if unicodedata.is_normalized("NFKC", text):
-        return text
-    # NFKC can produce lookalikes (mathematical Greek letters become Greek),
-    # so map once more.
-    return unicodedata.normalize("NFKC", text).translate(_TABLE)
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """The translation tables, built once on first use (never at import)."""
+
+    invisible: re.Pattern[str]
+    # Before NFKD: marks and invisibles dropped, or invisibles read as spaces.
+    joined: dict[int, str | None]
+    spaced: dict[int, str | None]
+    # After NFKD: the marks it produced dropped, lookalikes mapped to Latin.
+    latin: dict[int, str | None]
+    latin_folded: dict[int, str | None]
 
 
-@lru_cache(maxsize=16)
-def normalize(text: str) -> str:
-    """``strip_invisible``, then whitespace runs folded to one space and case folded."""
-    return _WHITESPACE_RUN.sub(" ", strip_invisible(text)).strip().casefold()
+@cache
+def _tables() -> _Tables:
+    invisibles = [code for first, last in _INVISIBLE_RANGES for code in range(first, last + 1)]
+    marks = dict.fromkeys(_marks())
+    lookalikes = _latin_lookalikes()
+    joined: dict[int, str | None] = {**marks, **dict.fromkeys(invisibles)}
+    spaced: dict[int, str | None] = {**marks, **dict.fromkeys(invisibles, " ")}
+    folded = {code: latin.casefold() for code, latin in lookalikes.items()}
+    return _Tables(
+        invisible=re.compile(
+            "["
+            + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in _INVISIBLE_RANGES)
+            + "]"
+        ),
+        joined=joined,
+        spaced=spaced,
+        latin={**marks, **lookalikes},
+        latin_folded={**marks, **folded},
+    )
+
+
+def _marks() -> list[int]:
+    """Code points dropped for matching: combining marks, and any whose NFKD starts with one."""
+    found: list[int] = []
+    start = 0
+    for first, last in (*_MARK_FREE_RANGES, (0x110000, 0x110000)):
+        for code in range(start, first):
+            char = chr(code)
+            if unicodedata.category(char) in ("Mn", "Me") or unicodedata.combining(
+                unicodedata.normalize("NFKD", char)[0]
+            ):
+                found.append(code)
+        start = last + 1
+    return found
+
+
+def _latin_lookalikes() -> dict[int, str]:
+    """Each non-Latin character Unicode's confusables data says looks like one Latin letter."""
+    # confusables.json (from Unicode's confusables.txt) maps a prototype to the
+    # characters confusable with it, LRM-wrapped when right-to-left.
+    source = resources.files("confusable_homoglyphs").joinpath("confusables.json")
+    data: dict[str, list[dict[str, str]]] = json.loads(source.read_text("utf-8"))
+    table: dict[int, str] = {}
+    for prototype, entries in data.items():
+        chars = [entry["c"].strip("\u200e") for entry in entries]
+        latin = _latin_letter(prototype, chars)
+        if latin is None:
+            continue
+        for char in chars:
+            # ASCII stays itself; a digit keeps its value (cards in any script).
+            if len(char) != 1 or char.isascii() or unicodedata.category(char) == "Nd":
+                continue
+            # "l", "I" and "1" share one prototype: a capital reads as "I".
+            table.setdefault(ord(char), "I" if latin == "l" and char.isupper() else latin)
+    return table
+
+
+def _latin_letter(prototype: str, chars: list[str]) -> str | None:
+    """The Latin letter or digit a group of confusables stands for, if there is exactly one."""
+    if not prototype.isascii():
+        return None
+    if len(prototype) == 1:
+        return prototype if prototype.isalnum() else None
+    # "rn" is the prototype of "m": a group whose one Latin letter is "m" maps to it.
+    letters = {char for char in chars if len(char) == 1 and char.isascii() and char.isalnum()}
+    return letters.pop() if len(letters) == 1 else None
+
+
+def _canonical(text: str, *, spaced: bool, fold: bool) -> str:
+    """One piece of text in matching form; works a character at a time, so pieces concatenate."""
+    tables = _tables()
+    text = text.translate(tables.spaced if spaced else tables.joined)
+    # No mark survived the line above, so NFKD never reorders a long run.
+    if not unicodedata.is_normalized("NFKD", text):
+        text = unicodedata.normalize("NFKD", text)
+    text = text.translate(tables.latin)
+    if fold:
+        # Lookalikes are mapped before and after casefolding: a capital's data
+        # (Greek capital epsilon is "E") is not its small letter's, and
+        # casefolding can add a mark ("İ" becomes "i" and a dot above).
+        return text.casefold().translate(tables.latin_folded)
+    return text
+
+
+def _folded(pieces: list[str]) -> str:
+    """Whitespace runs as one space across piece boundaries, none at either end."""
+    kept: list[str] = []
+    after_space = True
+    for piece in pieces:
+        piece = _WHITESPACE_RUN.sub(" ", piece)
+        if after_space:
+            piece = piece.lstrip(" ")
+        if piece:
+            kept.append(piece)
+            after_space = piece.endswith(" ")
+    return "".join(kept).rstrip(" ")
+
+
+def _has_invisible(text: str) -> bool:
+    return _tables().invisible.search(text) is not None
+
+
+def strip_invisible(text: str, *, spaced: bool = False) -> str:
+    """Marks and invisible characters removed (or, if ``spaced``, invisibles as spaces),
+    compatibility forms undone, lookalike letters mapped to Latin; case and spacing kept."""
+    return _canonical(text, spaced=spaced, fold=False)
+
+
+def normalize(text: str, *, spaced: bool = False) -> str:
+    """``strip_invisible``, then case folded and whitespace runs folded to one space."""
+    return _folded([_canonical(text, spaced=spaced, fold=True)])
+
+
+# Every local judge reads the same request text: the first pays, the rest hit
+# this cache. Small, so at most a few recent texts stay in memory.
+_RECENT: OrderedDict[tuple[str, bool], tuple[str, ...]] = OrderedDict()
+_RECENT_SIZE = 8
+
+
+async def readings(text: str, *, fold: bool = True, chunk: int = CHUNK) -> tuple[str, ...]:
+    """The text in matching form: one reading, or two (invisibles removed, then as spaces)
+    if it holds invisible characters. Long texts yield to the event loop between chunks."""
+    key = (text, fold)
+    if (cached := _RECENT.get(key)) is not None:
+        _RECENT.move_to_end(key)
+        return cached
+    ways = (False, True) if _has_invisible(text) else (False,)
+    result: list[str] = []
+    for spaced in ways:
+        pieces: list[str] = []
+        for start in range(0, len(text), chunk):
+            if start:
+                await asyncio.sleep(0)
+            pieces.append(_canonical(text[start : start + chunk], spaced=spaced, fold=fold))
+        result.append(_folded(pieces) if fold else "".join(pieces))
+    found = tuple(result)
+    _RECENT[key] = found
+    if len(_RECENT) > _RECENT_SIZE:
+        _RECENT.popitem(last=False)
+    return found
