@@ -208,18 +208,16 @@ def _canonical(text: str, *, spaced: bool, fold: bool) -> str:
     return text
 
 
-def _folded(pieces: list[str]) -> str:
-    """Whitespace runs as one space across piece boundaries, none at either end."""
-    kept: list[str] = []
-    after_space = True
-    for piece in pieces:
-        piece = _WHITESPACE_RUN.sub(" ", piece)
-        if after_space:
-            piece = piece.lstrip(" ")
-        if piece:
-            kept.append(piece)
-            after_space = piece.endswith(" ")
-    return "".join(kept).rstrip(" ")
+def _fold_spaces(piece: str, after_space: bool) -> tuple[str, bool]:
+    """A piece with whitespace runs as one space, none at the start of the text.
+
+    ``after_space`` says whether the text so far ends in a space, so a run
+    split across two pieces still becomes one space; returns it for the next.
+    """
+    piece = _WHITESPACE_RUN.sub(" ", piece)
+    if after_space:
+        piece = piece.lstrip(" ")
+    return piece, piece.endswith(" ") if piece else after_space
 
 
 def _has_invisible(text: str) -> bool:
@@ -234,7 +232,8 @@ def strip_invisible(text: str, *, spaced: bool = False) -> str:
 
 def normalize(text: str, *, spaced: bool = False) -> str:
     """``strip_invisible``, then case folded and whitespace runs folded to one space."""
-    return _folded([_canonical(text, spaced=spaced, fold=True)])
+    folded, _ = _fold_spaces(_canonical(text, spaced=spaced, fold=True), True)
+    return folded.rstrip(" ")
 
 
 # Every local judge reads the same request text: the first pays, the rest hit
@@ -250,17 +249,29 @@ async def readings(text: str, *, fold: bool = True, chunk: int = CHUNK) -> tuple
     if (cached := _RECENT.get(key)) is not None:
         _RECENT.move_to_end(key)
         return cached
-    ways = (False, True) if _has_invisible(text) else (False,)
-    result: list[str] = []
-    for spaced in ways:
-        pieces: list[str] = []
-        for start in range(0, len(text), chunk):
-            if start:
-                await asyncio.sleep(0)
-            pieces.append(_canonical(text[start : start + chunk], spaced=spaced, fold=fold))
-        result.append(_folded(pieces) if fold else "".join(pieces))
+    joined, saw_invisible = await _reading(text, spaced=False, fold=fold, chunk=chunk)
+    result = [joined]
+    if saw_invisible:
+        result.append((await _reading(text, spaced=True, fold=fold, chunk=chunk))[0])
     found = tuple(result)
     _RECENT[key] = found
     if len(_RECENT) > _RECENT_SIZE:
         _RECENT.popitem(last=False)
     return found
+
+
+async def _reading(text: str, *, spaced: bool, fold: bool, chunk: int) -> tuple[str, bool]:
+    """One reading of the text, a chunk at a time, and whether it held an invisible."""
+    pieces: list[str] = []
+    after_space, saw_invisible = True, False
+    for start in range(0, len(text), chunk):
+        if start:
+            await asyncio.sleep(0)
+        piece = text[start : start + chunk]
+        saw_invisible = saw_invisible or _has_invisible(piece)
+        piece = _canonical(piece, spaced=spaced, fold=fold)
+        if fold:
+            piece, after_space = _fold_spaces(piece, after_space)
+        pieces.append(piece)
+    whole = "".join(pieces)
+    return (whole.rstrip(" ") if fold else whole), saw_invisible

@@ -1,0 +1,115 @@
+"""Screen time of the local judges by body size, benign and adversarial: it grows linearly.
+
+    python bench/screen_cost.py [--repeats 3]
+
+Each text is screened by the three local judges (keywords, pii, injection)
+one after another, as the input stage runs them, in this process. For each
+kind and size the table gives the median screen time, the time per MiB (flat
+when the cost is linear), and the longest the event loop went without a turn
+while screening (what another request would wait): it stays near one chunk's
+work whatever the size. Each repeat screens a slightly different text, so
+the normalisation cache never answers. No text holds anything to flag, so
+every judge reads it to the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from guardrail.judges.local import InjectionJudge, KeywordJudge, PIIJudge  # noqa: E402
+
+KIB = 1024
+MIB = 1024 * KIB
+SIZES = {"1 KB": KIB, "16 KB": 16 * KIB, "128 KB": 128 * KIB, "1 MiB": MIB}
+
+PROSE = (
+    "The committee met on Tuesday to review the quarterly figures, and agreed "
+    "that the new warehouse in the north should open before the winter. "
+)
+RUSSIAN = "Съешь же ещё этих мягких французских булок, да выпей чаю. "
+
+
+def repeat(unit: str) -> Callable[[int], str]:
+    """A text of ``size`` characters made of ``unit`` over and over."""
+    return lambda size: (unit * (size // len(unit) + 1))[:size]
+
+
+KINDS: dict[str, Callable[[int], str]] = {
+    "benign English": repeat(PROSE),
+    "benign Russian": repeat(RUSSIAN),
+    "combining marks": repeat("a\u0301\u0316\u0301\u0316\u0301\u0316"),
+    "mark bomb (no base)": repeat("\u0301\u0316"),
+    "invisibles": repeat("i\u200bg\u3164n\u2800o "),
+    "lookalikes": repeat("\u0585\u03b1\u0131 \u0456\u0430 "),
+    "digit run": repeat("4111111111111111"),
+    "spaced digits": repeat("4 1 1 1 - "),
+    "email-like": repeat("a.b@c"),
+}
+
+
+async def screen_once(text: str) -> tuple[float, float]:
+    """(screen time, longest loop stall) in seconds for one text."""
+    judges = [
+        KeywordJudge("banned", keywords=["nerve agent", "ricin"]),
+        PIIJudge("pii"),
+        InjectionJudge("injection"),
+    ]
+    longest_gap = 0.0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal longest_gap
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest_gap = max(longest_gap, now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    for judge in judges:
+        verdict = await judge.screen(text)
+        assert not verdict.flagged, (judge.name, verdict.reason)
+    elapsed = time.perf_counter() - started
+    done.set()
+    await ticking
+    return elapsed, longest_gap
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    header = f"{'text':<20} {'size':>7} {'screen ms':>10} {'ms per MiB':>11} {'max stall ms':>13}"
+    print(header)
+    print("-" * len(header))
+    for kind, make in KINDS.items():
+        for label, size in SIZES.items():
+            times, stalls = [], []
+            for n in range(args.repeats):
+                # A different last character each time, so no cache answers.
+                text = make(size - 2) + f" {n % 10}"
+                elapsed, stall = asyncio.run(screen_once(text))
+                times.append(elapsed)
+                stalls.append(stall)
+            median = statistics.median(times)
+            print(
+                f"{kind:<20} {label:>7} {median * 1000:>10.1f} "
+                f"{median * 1000 * MIB / size:>11.0f} {max(stalls) * 1000:>13.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
