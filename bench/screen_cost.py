@@ -10,6 +10,11 @@ while screening (what another request would wait): it stays near one chunk's
 work whatever the size. Each repeat screens a slightly different text, so
 the normalisation cache never answers. No text holds anything to flag, so
 every judge reads it to the end.
+
+A second table screens a small text while 0, 4 or 16 benign 1 MiB texts are
+being screened on the same event loop, and records the longest a task
+waiting on I/O waited for its turn: one round of the big screens' chunks,
+not their whole work.
 """
 
 from __future__ import annotations
@@ -87,6 +92,42 @@ async def screen_once(text: str) -> tuple[float, float]:
     return elapsed, longest_gap
 
 
+async def small_beside_big(big_count: int) -> tuple[float, float, float]:
+    """(small screen time, longest wait for a loop turn, all done) with ``big_count``
+    1 MiB screens running on the loop."""
+    judges = [PIIJudge("pii"), InjectionJudge("injection")]
+
+    async def screen(text: str) -> None:
+        for judge in judges:
+            await judge.screen(text)
+
+    await screen("warm up")
+    longest_gap = 0.0
+
+    async def ticker() -> None:
+        # Sleeps a little, as a request waiting on its socket would: how late
+        # it wakes up is how long a turn of the loop takes to come round.
+        nonlocal longest_gap
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            longest_gap = max(longest_gap, time.perf_counter() - before - 0.001)
+
+    started = time.perf_counter()
+    bigs = [
+        asyncio.create_task(screen(KINDS["benign English"](MIB - 2) + f" {n}"))
+        for n in range(big_count)
+    ]
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # every big screen has started
+    small_started = time.perf_counter()
+    await screen(PROSE + "small")
+    small = time.perf_counter() - small_started
+    await asyncio.gather(*bigs)
+    ticking.cancel()
+    return small, longest_gap, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -109,6 +150,17 @@ def main() -> None:
                 f"{kind:<20} {label:>7} {median * 1000:>10.1f} "
                 f"{median * 1000 * MIB / size:>11.0f} {max(stalls) * 1000:>13.1f}"
             )
+
+    print()
+    header = (
+        f"{'1 MiB screens running':<22} {'small screen ms':>16} "
+        f"{'longest turn wait ms':>21} {'all done ms':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for big_count in (0, 4, 16):
+        small, gap, total = asyncio.run(small_beside_big(big_count))
+        print(f"{big_count:<22} {small * 1000:>16.1f} {gap * 1000:>21.1f} {total * 1000:>12.0f}")
 
 
 if __name__ == "__main__":
