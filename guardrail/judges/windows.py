@@ -24,7 +24,7 @@ __all__ = ["MAX_REACH", "WINDOW", "finditer", "reach", "search"]
 
 # Characters searched between two turns of the event loop: well under a
 # millisecond for the built-in patterns.
-WINDOW = 32_768
+WINDOW = 16_384
 MAX_REACH = 4_096
 # Lookarounds are not counted in a pattern's width; this much room after a
 # match lets them see the real text, not the window's end.
