@@ -37,6 +37,30 @@ def _compile(source: str, flags: int) -> re.Pattern[str]:
         raise ValueError(f"invalid regex {source!r}: {exc}") from None
 
 
+def _spaces_optional(source: str) -> str:
+    """``source`` with each space between words made optional (outside character classes).
+
+    An invisible character can stand for a space ("ignore<ZWSP>all") and
+    another in the same phrase hide inside a word ("ig<ZWSP>nore"): neither
+    reading of the text undoes both, so the phrases also match run together.
+    """
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(source):
+        char = source[i]
+        token = source[i : i + 2] if char == "\\" else char
+        i += len(token)
+        out.append(token)
+        if in_class:
+            in_class = token != "]"
+        elif token == "[":
+            in_class = True
+        elif token in (" ", "\\ ") and source[i : i + 1] not in ("?", "*", "+", "{"):
+            out.append("?")
+    return "".join(out)
+
+
 def _fits_alternation(source: str) -> bool:
     if _OWN_GROUP_REFERENCE.search(source):
         return False
@@ -151,7 +175,9 @@ class KeywordJudge(_LocalJudge):
         # Lookarounds rather than \b so "c++" still matches as a whole word.
         # Keywords and text are both case folded: no IGNORECASE, which is slower.
         alternation = "|".join(re.escape(word) for word in words)
-        keyword_rules = [(f"{category} keyword", rf"(?<!\w)(?:{alternation})(?!\w)")]
+        keyword_rules = [
+            (f"{category} keyword", rf"(?<!\w)(?:{_spaces_optional(alternation)})(?!\w)")
+        ]
         pattern_rules = [(f"{category} pattern {i}", p) for i, p in enumerate(patterns, 1)]
         super().__init__(name)
         self._category = category
@@ -401,7 +427,9 @@ _ROLE_MARKERS = (
     r"</s> ?(?:<s> ?)?(?:\[inst\]|<\||<<sys>>|(?:system|assistant|user) ?:)",
 )
 _INJECTION_BOOKS = (
-    _Rulebook.build([(label, p) for label, ps in _INJECTION_PHRASES.items() for p in ps], 0),
+    _Rulebook.build(
+        [(label, _spaces_optional(p)) for label, ps in _INJECTION_PHRASES.items() for p in ps], 0
+    ),
     _Rulebook.build([("fake role marker", p) for p in _ROLE_MARKERS], 0),
 )
 
