@@ -1,6 +1,6 @@
 """Screen time of the local judges by body size, benign and adversarial: it grows linearly.
 
-    python bench/screen_cost.py [--repeats 3]
+    python bench/screen_cost.py [--repeats 3] [--quick]
 
 Each text is screened by the three local judges (keywords, pii, injection)
 one after another, as the input stage runs them, in this process. For each
@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from harness import Column, Table, machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -131,13 +134,25 @@ async def small_beside_big(big_count: int) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one repeat, up to 128 KB")
     args = parser.parse_args()
+    sizes = dict(SIZES)
+    if args.quick:
+        args.repeats = 1
+        del sizes["1 MiB"]
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
 
-    header = f"{'text':<20} {'size':>7} {'screen ms':>10} {'ms per MiB':>11} {'max stall ms':>13}"
-    print(header)
-    print("-" * len(header))
+    table = Table(
+        [
+            Column("text", 20),
+            Column("size", 7, ""),
+            Column("screen ms", 10, ".1f"),
+            Column("ms per MiB", 11, ".0f"),
+            Column("max stall ms", 13, ".1f"),
+        ]
+    )
     for kind, make in KINDS.items():
-        for label, size in SIZES.items():
+        for label, size in sizes.items():
             times, stalls = [], []
             for n in range(args.repeats):
                 # A different last character each time, so no cache answers.
@@ -146,21 +161,26 @@ def main() -> None:
                 times.append(elapsed)
                 stalls.append(stall)
             median = statistics.median(times)
-            print(
-                f"{kind:<20} {label:>7} {median * 1000:>10.1f} "
-                f"{median * 1000 * MIB / size:>11.0f} {max(stalls) * 1000:>13.1f}"
-            )
+            table.add(kind, label, median * 1000, median * 1000 * MIB / size, max(stalls) * 1000)
+    table.print(f"Median of {args.repeats}; max stall is the longest over the repeats.")
 
-    print()
-    header = (
-        f"{'1 MiB screens running':<22} {'small screen ms':>16} "
-        f"{'longest turn wait ms':>21} {'all done ms':>12}"
+    beside = Table(
+        [
+            Column("1 MiB screens running", 22, "d"),
+            Column("small screen ms", 16, ".1f"),
+            Column("longest turn wait ms", 21, ".1f"),
+            Column("all done ms", 12, ".0f"),
+        ]
     )
-    print(header)
-    print("-" * len(header))
-    for big_count in (0, 4, 16):
+    for big_count in (0, 4) if args.quick else (0, 4, 16):
         small, gap, total = asyncio.run(small_beside_big(big_count))
-        print(f"{big_count:<22} {small * 1000:>16.1f} {gap * 1000:>21.1f} {total * 1000:>12.0f}")
+        beside.add(big_count, small * 1000, gap * 1000, total * 1000)
+    beside.print()
+    print(
+        machine_line(
+            load_before, started, "Everything runs in this one process, on one event loop."
+        )
+    )
 
 
 if __name__ == "__main__":
