@@ -18,7 +18,7 @@ import asyncio
 import importlib
 import re
 from collections.abc import AsyncIterator
-from functools import cache
+from functools import lru_cache
 
 __all__ = ["MAX_REACH", "WINDOW", "finditer", "reach", "search"]
 
@@ -31,7 +31,8 @@ MAX_REACH = 4_096
 _LOOKAROUND = 64
 
 
-@cache
+# Bounded: a policy reload compiles new patterns, and old ones should not pile up.
+@lru_cache(maxsize=512)
 def reach(pattern: re.Pattern[str]) -> int:
     """The longest match ``pattern`` can make, capped at ``MAX_REACH``."""
     try:
