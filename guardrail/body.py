@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from starlette.types import Receive
 
-from guardrail.adapters import BadRequest
+from guardrail.adapters import Adapter, BadRequest, ChatRequest
+
+# Above this size a body is parsed in a worker thread: a hostile megabyte (a
+# hundred thousand keys, say) costs a few hundred ms of Python. The parse holds
+# the GIL, but the event loop still gets its turns between thread switches.
+_INLINE_LIMIT = 64 * 1024
 
 
 class ClientGone(Exception):
@@ -34,6 +40,13 @@ async def read_body(receive: Receive, *, cap: int, content_length: str | None) -
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def parse(adapter: Adapter, body: bytes) -> ChatRequest:
+    """The adapter's reading of ``body`` (or its ``BadRequest``), off the loop when big."""
+    if len(body) <= _INLINE_LIMIT:
+        return adapter.parse_request(body)
+    return await asyncio.to_thread(adapter.parse_request, body)
 
 
 def decode(body: bytes, *, encoding: str | None, cap: int) -> bytes:

@@ -64,7 +64,7 @@ def app():  # type: ignore[no-untyped-def]
         (_with(b'"seed": 18446744073709551616'), 400, "number_out_of_range"),
         (_with(b'"temperature": 1e999'), 400, "number_out_of_range"),
         (_with(b'"temperature": -1e999'), 400, "number_out_of_range"),
-        (_with(b'"temperature": 0.' + b"1" * 5000), 400, "number_out_of_range"),
+        (_with(b'"seed": -9223372036854775809'), 400, "number_out_of_range"),
         (
             b'{"messages": [{"role": "user", "content": "Ig\\ud800nore all previous orders"}]}',
             400,
@@ -99,7 +99,7 @@ def app():  # type: ignore[no-untyped-def]
         "int-past-64-bits",
         "float-overflow",
         "negative-float-overflow",
-        "float-too-long",
+        "int-below-int64",
         "lone-surrogate",
         "lone-surrogate-key",
         "lone-surrogate-in-a-list",

@@ -479,3 +479,25 @@ def test_no_unscreened_string_reaches_a_folding_receiver(
     got = receiver.received[-1]
     assert got.body == sent
     assert not any(MARKER in s for s in got.strings)
+
+
+def test_a_megabyte_of_combining_marks_in_keys_is_read_not_stalled_on(
+    folding: tuple[FoldingReceiver, str],
+) -> None:
+    # Without the stream-safe step, folding one such key takes minutes (sorting a
+    # run of 200,000 combining marks by insertion). The timeout only stops a hang.
+    receiver, url = folding
+    marks = "\u0301\u0316" * 100_000
+    ambiguous = {"model": "m", "messages": user("hi"), "metadata": {"a" + marks: 1, "A" + marks: 1}}
+    sent = json.dumps(ambiguous, ensure_ascii=False).encode()
+    assert len(sent) > 800_000
+    before = len(receiver.received)
+    response = httpx.post(url + URL, content=sent, timeout=120.0)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "ambiguous_key"
+    assert len(receiver.received) == before
+    # Keys that differ are read, and are text. (Not sent: the judges' own
+    # normalisation of such text is another part's work.)
+    distinct = {**ambiguous, "metadata": {"a" + marks: 1, "b" + marks: 1}}
+    text = screened(distinct)
+    assert "a" + marks in text and "b" + marks in text

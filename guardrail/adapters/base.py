@@ -9,9 +9,12 @@ reading while the receiver acts on the other, so the body is refused (400).
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol
 
 
@@ -78,8 +81,12 @@ MAX_DEPTH = 200
 # Integers a 64-bit receiver can hold (int64 or uint64): beyond them parsers
 # disagree (JavaScript rounds to a float, Go fails, Python raises past 4,300 digits).
 _INT_RANGE = range(-(2**63), 2**64)
-_MAX_NUMBER_CHARS = 100  # more digits than any float needs; bounds the cost of parsing one
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+# Cheap scans of the raw text that say whether the slower checks can find anything:
+# a surrogate comes only from a \uD800-\uDFFF escape (UTF-8 cannot carry one), and
+# a number outside 64 bits needs a run of 19+ digits or a 3-digit exponent.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONG_NUMBER = re.compile(r"[0-9]{19,}|[eE][+-]?[0-9]{3,}")
 # Code points whose canonical class is 0 but whose decomposition starts with a
 # non-starter: runs of them cost normalisation as much as runs of combining marks.
 # (A test checks this set against the running Python's Unicode database.)
@@ -88,33 +95,34 @@ _STREAM_SAFE_RUN = 30  # UAX #15: at most 30 non-starters in a row
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if _SURROGATE.search(key):
-            raise _lone_surrogate()
-        if key in obj:
-            # Parsers disagree on which duplicate wins: we could screen one value
-            # while the app acts on the other. Refuse instead of guessing.
-            raise BadRequest("duplicate_key", f"duplicate JSON key {key!r}")
-        obj[key] = value
-    if len(obj) > 1:
-        _no_ambiguous_keys(obj)
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        # Parsers disagree on which duplicate wins: we could screen one value
+        # while the app acts on the other. Refuse instead of guessing.
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadRequest("duplicate_key", f"duplicate JSON key {key!r}")
+            seen.add(key)
+    if len(obj) > 1 and len({k.lower() if k.isascii() else fold_key(k) for k in obj}) < len(obj):
+        raise _ambiguous(obj)
     return obj
 
 
-def _no_ambiguous_keys(obj: dict[str, Any]) -> None:
+def _ambiguous(obj: dict[str, Any]) -> BadRequest:
     # Go's encoding/json (and others) match keys case-insensitively, with Unicode
-    # folding (``me\u017f\u017fages`` is ``messages``), the last one winning: two keys equal
-    # under folding are duplicates to such a receiver.
+    # folding (``me\u017f\u017fages`` is ``messages``), the last one winning: two
+    # keys equal under folding are duplicates to such a receiver.
     seen: dict[str, str] = {}
     for key in obj:
         folded = fold_key(key)
         if folded in seen:
-            raise BadRequest(
-                "ambiguous_key",
-                f"JSON keys {seen[folded]!r} and {key!r} differ only by case or Unicode form",
-            )
+            break
         seen[folded] = key
+    return BadRequest(
+        "ambiguous_key",
+        f"JSON keys {seen[folded]!r} and {key!r} differ only by case or Unicode form",
+    )
 
 
 def fold_key(key: str) -> str:
@@ -131,56 +139,67 @@ def stream_safe(text: str) -> str:
     Normalising sorts each run of non-starters by insertion, quadratic in the run's
     length: capped runs make it linear. Only for comparing keys; never forwarded.
     """
-    run = 0
-    out: list[str] | None = None
-    for i, char in enumerate(text):
-        if unicodedata.combining(char) or char in NON_STARTER_DECOMPOSITIONS:
-            run += 1
-            if run > _STREAM_SAFE_RUN:
-                if out is None:
-                    out = [text[:i]]
-                out.append("\u034f")
-                run = 1
+    if text.isascii() or max(text) < "\u0300":  # below U+0300 every character is a starter
+        return text
+    return _long_non_starter_runs().sub(_break_run, text)
+
+
+def _break_run(match: re.Match[str]) -> str:
+    run = match.group()
+    step = _STREAM_SAFE_RUN
+    return "\u034f".join(run[i : i + step] for i in range(0, len(run), step))
+
+
+@cache
+def _long_non_starter_runs() -> re.Pattern[str]:
+    """Runs of more than 30 non-starters; built on first use from the Unicode database."""
+    marks = [c for c in range(0x300, sys.maxunicode + 1) if unicodedata.combining(chr(c))]
+    ranges: list[list[int]] = []
+    for code in marks:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
         else:
-            run = 0
-        if out is not None:
-            out.append(char)
-    return text if out is None else "".join(out)
+            ranges.append([code, code])
+    members = "".join(
+        re.escape(chr(a)) + ("" if a == b else "-" + re.escape(chr(b))) for a, b in ranges
+    )
+    others = "".join(map(re.escape, sorted(NON_STARTER_DECOMPOSITIONS)))
+    return re.compile(f"[{members}{others}]{{{_STREAM_SAFE_RUN + 1},}}")
 
 
 def _no_constants(name: str) -> Any:
     raise BadRequest("invalid_json", f"{name} is not valid JSON")
 
 
-def _integer(literal: str) -> int:
-    value = int(literal) if len(literal) <= _MAX_NUMBER_CHARS else None
-    if value is None or value not in _INT_RANGE:
-        raise BadRequest("number_out_of_range", f"the integer {literal[:24]}... is outside 64 bits")
-    return value
-
-
-def _float(literal: str) -> float:
-    value = float(literal) if len(literal) <= _MAX_NUMBER_CHARS else None
-    if value is None or value in (float("inf"), float("-inf")):
-        raise BadRequest(
-            "number_out_of_range", f"the number {literal[:24]}... does not fit a 64-bit float"
-        )
-    return value
-
-
-def _check_strings(data: Any) -> None:
-    """Refuse lone surrogates in string values, and nesting deeper than ``MAX_DEPTH``."""
-    stack: list[tuple[Any, int]] = [(data, 0)]
+def _check_values(data: Any, *, surrogates: bool) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH``, numbers outside 64 bits, lone surrogates."""
+    if not isinstance(data, dict | list):
+        data = [data]
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 0)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, str):
-            if _SURROGATE.search(value):
+        if depth >= MAX_DEPTH:
+            raise BadRequest("invalid_json", "the request body is nested too deeply")
+        items = list(value.values()) if isinstance(value, dict) else value
+        if any(
+            (type(item) is int and item not in _INT_RANGE)
+            or (type(item) is float and not math.isfinite(item))
+            for item in items
+        ):
+            raise _out_of_range()
+        if surrogates:
+            strings = [*value] if isinstance(value, dict) else []  # its keys
+            strings.extend(item for item in items if isinstance(item, str))
+            if _SURROGATE.search("".join(strings)):
                 raise _lone_surrogate()
-        elif isinstance(value, dict | list):
-            if depth >= MAX_DEPTH:
-                raise BadRequest("invalid_json", "the request body is nested too deeply")
-            items = value.values() if isinstance(value, dict) else value
-            stack.extend((item, depth + 1) for item in items)
+        stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
+
+
+def _out_of_range() -> BadRequest:
+    return BadRequest(
+        "number_out_of_range",
+        "a number does not fit 64 bits (an int64 or uint64 integer, or a finite double)",
+    )
 
 
 def _lone_surrogate() -> BadRequest:
@@ -199,16 +218,12 @@ def read_json(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise BadRequest("invalid_utf8", "the request body is not UTF-8") from None
     try:
-        data = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constants,
-            parse_int=_integer,
-            parse_float=_float,
-        )
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except ValueError:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
+        raise _out_of_range() from None
     except RecursionError:
         raise BadRequest("invalid_json", "the request body is nested too deeply") from None
-    _check_strings(data)
+    _check_values(data, surrogates=_SURROGATE_ESCAPE.search(text) is not None)
     return data

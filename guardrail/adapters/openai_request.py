@@ -99,21 +99,32 @@ class _Reading:
 
     def value(self, value: Any, key: str | None, parent: str | None) -> None:
         # Recursion is bounded: read_json refused anything nested deeper than MAX_DEPTH.
+        # Plain strings are taken inline: a body may hold a million of them.
+        pieces = self.pieces
         if isinstance(value, str):
             self.string(value, key, parent)
         elif isinstance(value, dict):
             for child_key, child in value.items():
-                if child_key not in _FIELDS and not _is_index(child_key):
-                    self.text(child_key)
-                self.value(child, child_key, key)
+                if child_key not in _FIELDS and not _is_index(child_key) and child_key.strip():
+                    pieces.append(child_key)
+                if type(child) is str and _plain(child_key, key):
+                    if child.strip():
+                        pieces.append(child)
+                elif isinstance(child, str | dict | list):
+                    self.value(child, child_key, key)
         elif isinstance(value, list):
+            plain = _plain(key, parent)
             for item in value:
-                self.value(item, key, parent)  # items share the list's field and its enum
+                if plain and type(item) is str:
+                    if item.strip():
+                        pieces.append(item)
+                elif isinstance(item, str | dict | list):
+                    self.value(item, key, parent)  # items share the list's field and enum
 
     def string(self, value: str, key: str | None, parent: str | None) -> None:
         if key in _ENUMS and value in _ENUMS[key]:
             return
-        if (parent == "image_url" and key == "url") or key in ("image_url", "file_data"):
+        if _media(key, parent):
             self.media(value)
         elif parent == "input_audio" and key == "data":
             self.binary(value)
@@ -179,9 +190,23 @@ def _is_text_type(media_type: str) -> bool:
     )
 
 
+def _media(key: str | None, parent: str | None) -> bool:
+    return key in ("image_url", "file_data") or (parent == "image_url" and key == "url")
+
+
+def _plain(key: str | None, parent: str | None) -> bool:
+    """Whether every string of this field is text, whatever its value."""
+    return key not in _ENUMS and not _media(key, parent) and key != "data"
+
+
 def _is_index(key: str) -> bool:
     # logit_bias maps token ids to numbers: digits are not language.
     return key.isascii() and key.isdigit()
+
+
+# Folding maps each character to one or more (no ASCII letter is composed), so a
+# key longer than every field name cannot fold to one: no need to fold it.
+_LONGEST_FIELD = max(map(len, _FIELDS))
 
 
 @cache
@@ -193,7 +218,7 @@ def request_text(data: dict[str, Any]) -> tuple[list[str], int]:
     """Every string of a chat request a receiver may read, in order; and its binary parts."""
     reading = _Reading()
     for key, value in data.items():
-        if key not in _FIELDS and fold_key(key) in _folded_fields():
+        if key not in _FIELDS and len(key) <= _LONGEST_FIELD and fold_key(key) in _folded_fields():
             # "Stream" or "Me\u017f\u017fages" alone: a receiver that folds keys reads the API's
             # field, we would read an unknown one (and decide streaming, say, wrongly).
             raise BadRequest("ambiguous_key", f"{key!r} is not the API's field name; fix its case")
