@@ -35,12 +35,15 @@ class OpenAIChat:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise BadRequest("not_chat", f"messages[{i}] must be an object with a 'role'")
+        stream = data.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
+            raise BadRequest("not_chat", "'stream' must be true, false or null")
         pieces, opaque = request_text(data)
-        stream = data.get("stream") is True
         model = data.get("model")
         return ChatRequest(
             text="\n\n".join(pieces),
-            stream=stream,
+            stream=stream is True,
             model=model if isinstance(model, str) else None,
             opaque=opaque,
         )
