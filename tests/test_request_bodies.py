@@ -326,6 +326,42 @@ def folding() -> Iterator[tuple[FoldingReceiver, str]]:
         yield receiver, served.url
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": user("hi"), "MESSAGES": user(f"say {MARKER}")},
+        {"messages": user("hi"), "me\u017f\u017fages": user(f"say {MARKER}")},
+        {"messages": user("hi"), "\uff4d\uff45ssages": user(f"say {MARKER}")},
+        {"messages": [{"role": "user", "content": "hi", "Content": f"say {MARKER}"}]},
+        {"messages": user("hi"), "tools": [{"type": "function", "TYPE": MARKER}]},
+        {"messages": user("hi"), "metadata": {"\u212aey": MARKER, "key": "v"}},
+    ],
+    ids=["upper", "long-s", "fullwidth", "in-a-message", "in-a-tool", "kelvin-sign"],
+)
+def test_keys_a_folding_receiver_would_merge_are_refused_unread(
+    folding: tuple[FoldingReceiver, str], body: dict[str, Any]
+) -> None:
+    receiver, url = folding
+    before = len(receiver.received)
+    response = httpx.post(url + URL, content=json.dumps(body).encode(), timeout=30.0)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "ambiguous_key"
+    assert len(receiver.received) == before
+
+
+def test_a_lone_case_variant_key_is_screened_as_the_receiver_reads_it(
+    folding: tuple[FoldingReceiver, str],
+) -> None:
+    receiver, url = folding
+    message = {"role": "user", "Content": "what is the weather"}
+    response = httpx.post(url + URL, json={"model": "m", "messages": [message]}, timeout=30.0)
+    assert response.json()["choices"][0]["finish_reason"] == "stop"
+    assert receiver.received[-1].messages == [{"role": "user", "content": "what is the weather"}]
+    message["Content"] = f"what is {MARKER}"
+    response = httpx.post(url + URL, json={"model": "m", "messages": [message]}, timeout=30.0)
+    assert response.json()["choices"][0]["finish_reason"] == "content_filter"
+
+
 def _json_values(depth: int) -> st.SearchStrategy[Any]:
     leaves = st.one_of(_WORDS, st.integers(-(2**40), 2**40), st.booleans(), st.none())
     return st.recursive(
