@@ -212,3 +212,49 @@ def test_refusal_can_be_an_error_body() -> None:
             "param": None,
             "code": "content_filter",
         }
+
+
+@pytest.mark.parametrize(
+    ("content_type", "code"),
+    [
+        ("application/json; charset=shift_jis", "unsupported_charset"),
+        ("application/json; charset=latin-1", "unsupported_charset"),
+        ("application/x-www-form-urlencoded", "unsupported_media_type"),
+        ("multipart/form-data; boundary=x", "unsupported_media_type"),
+    ],
+)
+def test_a_body_declared_as_not_utf8_json_is_refused(app, content_type, code):  # type: ignore[no-untyped-def]
+    # A receiver honouring Shift_JIS swallows the backslash after some UTF-8
+    # sequences (other JSON); one reading a form percent-decodes what we screened.
+    before = app.decisions("rejected")
+    response = httpx.post(
+        app.url + URL, content=chat(BENIGN), headers={"content-type": content_type}
+    )
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == code
+    assert app.decisions("rejected") == before + 1
+
+
+def test_two_content_types_are_refused(app):  # type: ignore[no-untyped-def]
+    headers = [("content-type", "application/json"), ("content-type", "text/html")]
+    response = httpx.post(app.url + URL, content=chat(BENIGN), headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "ambiguous_header"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=UTF-8",
+        'application/json;charset="utf-8"',
+        "text/plain;charset=UTF-8",
+        "application/vnd.api+json",
+    ],
+)
+def test_json_declared_any_usual_way_is_screened(app, content_type):  # type: ignore[no-untyped-def]
+    headers = {"content-type": content_type}
+    allowed = httpx.post(app.url + URL, content=chat(BENIGN), headers=headers)
+    assert allowed.json()["choices"][0]["message"]["content"] == f"You said: {BENIGN}"
+    blocked = httpx.post(app.url + URL, content=chat(INJECTION), headers=headers)
+    assert blocked.json()["choices"][0]["finish_reason"] == "content_filter"
