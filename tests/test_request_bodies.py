@@ -537,3 +537,80 @@ def test_a_megabyte_of_combining_marks_in_keys_is_read_not_stalled_on(
     distinct = {**ambiguous, "metadata": {"a" + marks: 1, "b" + marks: 1}}
     text = screened(distinct)
     assert "a" + marks in text and "b" + marks in text
+
+
+# --- no I/O: any JSON at all is read or refused, never an error ---------------
+
+_NASTY_NUMBERS = [
+    "1e999",
+    "-1e999",
+    "1e-999",
+    "1" * 5000,
+    "-" + "9" * 19,
+    "18446744073709551615",
+    "18446744073709551616",
+    "-0",
+    "0.1e1",
+    "1." + "1" * 400,
+]
+_ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
+_JSON_ANY = st.recursive(
+    st.one_of(_ANY_TEXT, st.integers(), st.floats(allow_nan=False), st.booleans(), st.none()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(_ANY_TEXT, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@st.composite
+def any_request(draw: st.DrawFn) -> dict[str, Any]:
+    body = draw(st.dictionaries(_ANY_TEXT, _JSON_ANY, max_size=4))
+    body["messages"] = draw(
+        st.lists(
+            st.dictionaries(_ANY_TEXT, _JSON_ANY, max_size=3).map(lambda m: {"role": "user", **m}),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    return body
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=any_request(), data=st.data())
+def test_any_body_is_read_or_refused_never_an_error(
+    body: dict[str, Any], data: st.DataObject
+) -> None:
+    number = data.draw(st.sampled_from(_NASTY_NUMBERS))
+    body[data.draw(_ANY_TEXT)] = "\u00a7N\u00a7"
+    ascii_only = data.draw(st.booleans())
+    text = json.dumps(body, ensure_ascii=ascii_only).replace('"\u00a7N\u00a7"', number, 1)
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")  # lone surrogates as (invalid) UTF-8
+    try:
+        request = OpenAIChat().parse_request(raw)
+    except BadRequest as exc:
+        event(f"refused: {exc.code}")
+        assert 400 <= exc.status < 500
+        return
+    event("read")
+    assert isinstance(request.text, str)
+    request.text.encode("utf-8")  # what the judges get is valid text
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=any_request(), data=st.data())
+def test_a_marker_anywhere_in_any_body_is_in_the_screened_text(
+    body: dict[str, Any], data: st.DataObject
+) -> None:
+    path, where = data.draw(st.sampled_from(list(_slots(body))))
+    _plant(body, path, where, MARKER)
+    try:
+        request = OpenAIChat().parse_request(json.dumps(body).encode())
+    except BadRequest as exc:
+        event(f"refused: {exc.code}")
+        return  # refused unread
+    event("read")
+    assert MARKER in request.text
