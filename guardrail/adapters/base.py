@@ -75,18 +75,16 @@ class Adapter(Protocol):
     def stream_refusal(self, request: ChatRequest, *, message: str) -> bytes: ...
 
 
-# Deeper than any real request; checked by the walk that looks for surrogates,
-# so no later recursive walk over the parsed body can hit Python's recursion limit.
+# Deeper than any real request; checked without recursion (``_check_values``), so
+# no later recursive walk over the parsed body can hit Python's recursion limit.
 MAX_DEPTH = 200
 # Integers a 64-bit receiver can hold (int64 or uint64): beyond them parsers
 # disagree (JavaScript rounds to a float, Go fails, Python raises past 4,300 digits).
 _INT_RANGE = range(-(2**63), 2**64)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-# Cheap scans of the raw text that say whether the slower checks can find anything:
-# a surrogate comes only from a \uD800-\uDFFF escape (UTF-8 cannot carry one), and
-# a number outside 64 bits needs a run of 19+ digits or a 3-digit exponent.
+# A lone surrogate comes only from a \uD800-\uDFFF escape (UTF-8 cannot carry
+# one): without such an escape in the raw text, no string needs searching.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_LONG_NUMBER = re.compile(r"[0-9]{19,}|[eE][+-]?[0-9]{3,}")
 # Code points whose canonical class is 0 but whose decomposition starts with a
 # non-starter: runs of them cost normalisation as much as runs of combining marks.
 # (A test checks this set against the running Python's Unicode database.)
