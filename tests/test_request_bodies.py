@@ -9,6 +9,7 @@ middleware to an app that reads keys case-insensitively, as Go does.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import sys
 import unicodedata
@@ -493,7 +494,12 @@ def test_no_unscreened_string_reaches_a_folding_receiver(
     ambiguous = _has_folding_duplicates(body)
     sent = json.dumps(body, ensure_ascii=data.draw(st.booleans(), label="ascii")).encode()
     before = len(receiver.received)
-    response = httpx.post(url + URL, content=sent, timeout=30.0)
+    # Compressed or not, the app must get the very bytes that were screened.
+    if data.draw(st.booleans(), label="gzip"):
+        wire, headers = gzip.compress(sent), {"content-encoding": "gzip"}
+    else:
+        wire, headers = sent, {}
+    response = httpx.post(url + URL, content=wire, headers=headers, timeout=30.0)
     answer = response.json()
 
     event(f"status {response.status_code}, planted {planted}, ambiguous {ambiguous}")
