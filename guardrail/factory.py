@@ -1,10 +1,11 @@
-"""Judges and the panel, built from a validated policy. Nothing here runs at import time."""
+"""Judges, screens and the panel, built from a validated policy. Nothing runs at import time."""
 
 from __future__ import annotations
 
 import os
 
-from guardrail.judges.base import Judge
+from guardrail.judges.base import Askable, Judge
+from guardrail.judges.categories import category_key
 from guardrail.panel import PanelJudge, PanelRunner
 from guardrail.policy import (
     InjectionJudgeSpec,
@@ -14,7 +15,10 @@ from guardrail.policy import (
     PIIJudgeSpec,
     Policy,
 )
+from guardrail.policy import Screen as ScreenSpec
+from guardrail.policy_checks import answerable
 from guardrail.policy_errors import PolicyError
+from guardrail.screening import Screen
 from guardrail.voting import QuorumRule, Seat
 
 
@@ -25,7 +29,10 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
     try:
         if isinstance(spec, KeywordJudgeSpec):
             return local.KeywordJudge(
-                name, keywords=spec.keywords, patterns=spec.patterns, category=spec.category
+                name,
+                keywords=spec.keywords,
+                patterns=spec.patterns,
+                category=category_key(spec.category),
             )
         if isinstance(spec, PIIJudgeSpec):
             return local.PIIJudge(name, kinds=spec.kinds)
@@ -50,7 +57,37 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
         max_tokens=spec.max_tokens,
         json_schema=spec.json_schema,
         client=spec.client,
+        max_connections=spec.max_connections,
     )
+
+
+def build_screens(
+    policy: Policy, specs: tuple[ScreenSpec, ...], judges: dict[str, Judge]
+) -> tuple[Screen, ...]:
+    """Each screen's judge, asked what the screen asks; its flag final unless overturnable."""
+    overturnable: frozenset[str] = frozenset()
+    if policy.on_flag == "vote" and policy.panel is not None:
+        overturnable = policy.panel.may_overturn(policy.judges)
+    screens = []
+    for s in specs:
+        spec, judge = policy.judges[s.judge], judges[s.judge]
+        asks = s.categories or answerable(spec)
+        if s.categories is not None:
+            judge = _narrowed(s.judge, spec, judge, s.categories)
+        screens.append(Screen(judge, s.timeout_s, asks, s.judge not in overturnable))
+    return tuple(screens)
+
+
+def _narrowed(name: str, spec: JudgeSpec, judge: Judge, categories: tuple[str, ...]) -> Judge:
+    # The screen asks about fewer categories than the judge knows. A chat judge
+    # is asked only those; a PII judge looks only for those kinds. Keyword and
+    # injection judges know one category, which the policy check made sure is it.
+    if isinstance(spec, PIIJudgeSpec):
+        kinds = tuple(k for k in spec.kinds if f"pii_{k}" in categories)
+        return build_judge(name, spec.model_copy(update={"kinds": kinds}))
+    if isinstance(judge, Askable):
+        return judge.asking(categories)
+    return judge
 
 
 def build_panel(policy: Policy, judges: dict[str, Judge]) -> PanelRunner | None:
@@ -60,11 +97,14 @@ def build_panel(policy: Policy, judges: dict[str, Judge]) -> PanelRunner | None:
         return None
     seats = []
     for entry in panel.judges:
-        spec = policy.judges[entry.judge]
-        for sample in range(entry.samples):
-            judge = judges[entry.judge]
-            if sample or entry.temperature is not None:
-                judge = build_judge(entry.judge, spec, temperature=entry.temperature)
-            seats.append(PanelJudge(judge, Seat(entry.judge, entry.weight)))
+        judge = judges[entry.judge]
+        if entry.temperature is not None:
+            from guardrail.judges.llm import LLMJudge
+
+            assert isinstance(judge, LLMJudge)  # policy-checked: seats are llm judges
+            judge = judge.variant(temperature=entry.temperature)
+        # Every sample is the same judge: the runner asks each seat separately,
+        # and the seats share the judge's connection pool.
+        seats += [PanelJudge(judge, Seat(entry.judge, entry.weight))] * entry.samples
     rule = QuorumRule(panel.quorum, panel.k, panel.tie, panel.min_votes)
     return PanelRunner(seats, rule, deadline_s=panel.deadline_s)

@@ -11,12 +11,16 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stub_llm import StubLLM
 
 from guardrail.judges import prompt
-from guardrail.judges.base import JudgeError, Verdict
+from guardrail.judges.base import ConnectionWait, JudgeError, JudgeFailure, Verdict, connection_wait
+from guardrail.judges.categories import OTHER, category_key, known_as
 from guardrail.judges.llm import LLMJudge, retry_after_seconds
 from guardrail.judges.prompt import build_messages, parse_verdict
+from guardrail.screening import judge_once
 
 CATEGORIES = ("violence", "self_harm", "hate")
 BOUNDARY = re.compile(r"=====UNTRUSTED-TEXT-[0-9a-f]{16}=====")
@@ -103,7 +107,7 @@ async def test_json_schema_can_be_turned_off(stub_llm: StubLLM, make_judge: Make
     [
         "The text looks safe to me.",
         '{"flagged": "yes", "categories": [], "reason": "x"}',
-        '{"flagged": true, "categories": "violence", "reason": "x"}',
+        '{"flagged": false, "categories": "violence", "reason": "x"}',
         "[true]",
         "",
     ],
@@ -202,10 +206,9 @@ async def test_prompt_fences_attacker_text(stub_llm: StubLLM, make_judge: MakeJu
 async def test_session_is_reused_and_closed(stub_llm: StubLLM, make_judge: MakeJudge) -> None:
     judge = make_judge(stub_llm)
     await asyncio.gather(*(judge.screen(f"text {i}") for i in range(5)))
-    session = judge._session
-    assert session is not None
+    session = judge._connections.session()
     await judge.screen("again")
-    assert judge._session is session
+    assert judge._connections.session() is session
     await judge.aclose()
     assert session.closed
     # The stub counts an answer just after sending it: wait rather than race it.
@@ -304,9 +307,9 @@ def test_parse_accepts_json_object_alone_or_fenced(content: str) -> None:
         '{"flagged": 0, "categories": []}',
         '{"flagged": null}',
         '{"categories": []}',
-        '{"flagged": true, "categories": [1, 2]}',
-        '{"flagged": true, "categories": null}',
-        '{"flagged": true, "categories": [], "reason": 5}',
+        '{"flagged": false, "categories": [1, 2]}',
+        '{"flagged": false, "categories": null}',
+        '{"flagged": false, "categories": [], "reason": 5}',
         '"flagged"',
         "true",
         "not json",
@@ -362,3 +365,158 @@ def test_retry_after_http_date() -> None:
     assert seconds is not None and 25 < seconds <= 30
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({"retry-after": "-1"}) is None
+
+
+# --- a flag is never lost ---
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"flagged": true}',
+        '{"flagged": true, "categories": ["self-harm"], "reason": "x"}',
+        '{"flagged": true, "categories": ["Self Harm"]}',
+        '{"flagged": true, "categories": ["sorcery"]}',
+        '{"flagged": true, "categories": "violence"}',
+        '{"flagged": true, "categories": null, "reason": 5}',
+        '{"flagged": true, "categories": [1, {"a": 2}], "reason": ["x"]}',
+    ],
+)
+def test_a_flag_is_a_flag_whatever_its_categories(answer: str) -> None:
+    verdict = parse(answer)
+    assert verdict.flagged is True
+    assert verdict.categories
+    assert set(verdict.categories) <= {*CATEGORIES, OTHER}
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["self_harm", "self-harm", "Self Harm", " SELF--harm ", "self.harm", "ｓｅｌｆ－ｈａｒｍ"],
+)
+def test_category_spellings_are_one(spelling: str) -> None:
+    assert category_key(spelling) == "self_harm"
+    assert parse(json.dumps({"flagged": True, "categories": [spelling]})).categories == (
+        "self_harm",
+    )
+
+
+_SEPARATOR = st.sampled_from([" ", "-", "_", "--", " - ", "/", ".", "\t", "\u2010", "\u00a0"])
+
+
+@st.composite
+def spellings(draw: st.DrawFn) -> tuple[str, str]:
+    """A category and one way a model or a policy author might spell it."""
+    category = draw(st.sampled_from(CATEGORIES + ("sexual_minors", "illegal_drugs")))
+    words = [
+        "".join(c.upper() if draw(st.booleans()) else c for c in word)
+        for word in category.split("_")
+    ]
+    spelled = words[0] + "".join(draw(_SEPARATOR) + word for word in words[1:])
+    pad = draw(st.sampled_from(["", " ", "_", "\n", "-"]))
+    return category, pad + spelled + pad
+
+
+@settings(max_examples=150, deadline=None)
+@given(spellings())
+def test_any_spelling_of_an_asked_category_is_that_category(pair: tuple[str, str]) -> None:
+    category, spelled = pair
+    asked = (*CATEGORIES, "sexual_minors", "illegal_drugs")
+    assert known_as([spelled], asked) == (category,)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    categories=st.one_of(st.just(...), _JSON, st.lists(st.text(max_size=20), max_size=5)),
+    reason=st.one_of(st.just(...), _JSON),
+    fenced=st.booleans(),
+)
+def test_flagged_true_is_always_a_flag(categories: object, reason: object, fenced: bool) -> None:
+    answer: dict[str, object] = {"flagged": True}
+    if categories is not ...:
+        answer["categories"] = categories
+    if reason is not ...:
+        answer["reason"] = reason
+    content = json.dumps(answer)
+    verdict = parse(f"```json\n{content}\n```" if fenced else content)
+    assert verdict.flagged is True
+    assert verdict.categories and set(verdict.categories) <= {*CATEGORIES, OTHER}
+    assert len(verdict.reason) <= prompt.MAX_REASON_CHARS
+
+
+def test_the_prompt_describes_what_it_asks() -> None:
+    system = build_messages("x", ("pii_card", "pii_email", "violence"))[0]["content"]
+    assert "pii_card (a payment card number)" in system
+    assert "pii_email (an email address)" in system
+    assert "violence (" in system
+
+
+async def test_a_judge_asked_fewer_categories_is_asked_only_those(
+    stub_llm: StubLLM, make_judge: MakeJudge
+) -> None:
+    judge = make_judge(stub_llm)
+    narrow = judge.asking(["pii_card"])
+    stub_llm.reply = '{"flagged": true, "categories": ["violence"], "reason": "x"}'
+    verdict = await narrow.screen("4111 1111 1111 1111")
+    # Not asked about violence, it said violence: still a flag, recorded as other.
+    assert (verdict.flagged, verdict.categories) == (True, (OTHER,))
+    system = stub_llm.requests[0]["messages"][0]["content"]
+    listed = [line for line in system.splitlines() if line.startswith("- ")]
+    assert listed == ["- pii_card (a payment card number)"]
+    assert narrow._connections is judge._connections  # one pool per judge
+
+
+# --- the connection pool ---
+
+
+async def test_calls_beyond_the_pool_queue_for_a_connection(make_judge: MakeJudge) -> None:
+    with StubLLM(held=True) as stub:
+        judge = make_judge(stub, max_connections=2, timeout_s=60)
+        waits = [ConnectionWait() for _ in range(5)]
+
+        async def call(wait: ConnectionWait) -> Verdict:
+            connection_wait.set(wait)  # each task has its own context
+            return await judge.screen("text")
+
+        calls = [asyncio.create_task(call(w)) for w in waits]
+        assert await asyncio.to_thread(stub.wait_for, lambda: stub.count == 2, 10.0)
+        assert await _until(lambda: sum(w.waiting for w in waits) == 3)
+        assert stub.count == 2  # the three others never reached the judge
+        stub.release()
+        verdicts = await asyncio.gather(*calls)
+        assert all(not v.flagged for v in verdicts)
+        assert stub.count == 5 and stub.peak == 2
+        assert sum(w.waited_s > 0 for w in waits) == 3
+
+
+async def test_a_call_that_never_gets_a_connection_fails_as_pool(make_judge: MakeJudge) -> None:
+    with StubLLM(held=True) as stub:
+        judge = make_judge(stub, max_connections=2, timeout_s=60)
+        results = await asyncio.gather(*(judge_once(judge, "text", 1.0) for _ in range(3)))
+        stub.release()
+    assert all(isinstance(r, JudgeFailure) for r in results)
+    reasons = sorted(r.reason for r in results if isinstance(r, JudgeFailure))
+    # Two calls reached the held judge and timed out there; the third never left the pool.
+    assert reasons == ["pool", "timeout", "timeout"]
+    (pooled,) = [r for r in results if isinstance(r, JudgeFailure) and r.reason == "pool"]
+    assert pooled.queued_s > 0
+    assert stub.count == 2
+
+
+async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Yield to the loop until ``predicate`` holds; the timeout is only a safety net."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
