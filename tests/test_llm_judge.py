@@ -391,7 +391,14 @@ def test_a_flag_is_a_flag_whatever_its_categories(answer: str) -> None:
 
 @pytest.mark.parametrize(
     "spelling",
-    ["self_harm", "self-harm", "Self Harm", " SELF--harm ", "self.harm", "ｓｅｌｆ－ｈａｒｍ"],
+    [
+        "self_harm",
+        "self-harm",
+        "Self Harm",
+        " SELF--harm ",
+        "self.harm",
+        "\uff53\uff45\uff4c\uff46\uff0d\uff48\uff41\uff52\uff4d",  # full-width
+    ],
 )
 def test_category_spellings_are_one(spelling: str) -> None:
     assert category_key(spelling) == "self_harm"
@@ -406,7 +413,7 @@ _SEPARATOR = st.sampled_from([" ", "-", "_", "--", " - ", "/", ".", "\t", "\u201
 @st.composite
 def spellings(draw: st.DrawFn) -> tuple[str, str]:
     """A category and one way a model or a policy author might spell it."""
-    category = draw(st.sampled_from(CATEGORIES + ("sexual_minors", "illegal_drugs")))
+    category = draw(st.sampled_from((*CATEGORIES, "sexual_minors", "illegal_drugs")))
     words = [
         "".join(c.upper() if draw(st.booleans()) else c for c in word)
         for word in category.split("_")
