@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from guardrail.judges.base import Askable, Judge
@@ -20,6 +21,8 @@ from guardrail.policy_checks import answerable
 from guardrail.policy_errors import PolicyError
 from guardrail.screening import Screen
 from guardrail.voting import QuorumRule, Seat
+
+log = logging.getLogger("guardrail")
 
 
 def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None) -> Judge:
@@ -42,9 +45,9 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
         raise PolicyError.single("<policy>", 0, f"judges.{name}", str(exc)) from None
     assert isinstance(spec, LLMJudgeSpec)
     # Imported here: the LLM client stack costs import time only when a policy uses it.
-    from guardrail.judges.llm import LLMJudge
+    from guardrail.judges.llm import LLMJudge, load_litellm
 
-    return LLMJudge(
+    judge = LLMJudge(
         name=name,
         model=spec.model,
         categories=spec.categories,
@@ -59,6 +62,29 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
         client=spec.client,
         max_connections=spec.max_connections,
     )
+    if judge.client == "litellm":
+        # Now, while the guard is built: on first use it would freeze the event
+        # loop for seconds, and that request's screens would run out of time.
+        load_litellm()
+    return judge
+
+
+def unset_api_keys(policy: Policy) -> list[str]:
+    """A warning for each LLM judge whose ``api_key_env`` is not set; each is also logged."""
+    found = []
+    for name, spec in policy.judges.items():
+        if (
+            isinstance(spec, LLMJudgeSpec)
+            and spec.api_key_env
+            and not os.environ.get(spec.api_key_env)
+        ):
+            found.append(
+                f"judge '{name}': environment variable {spec.api_key_env} is not set; "
+                "its calls will fail and the policy's fail mode will decide"
+            )
+    for warning in found:
+        log.warning("%s", warning)
+    return found
 
 
 def build_screens(

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from guardrail.adapters import ADAPTERS, Adapter, ChatRequest, Reply
 from guardrail.audit import AuditTrail, build_audit
 from guardrail.decision import Decision
-from guardrail.factory import build_judge, build_panel, build_screens
+from guardrail.factory import build_judge, build_panel, build_screens, unset_api_keys
 from guardrail.judges.base import Judge, JudgeFailure
 from guardrail.metrics import GuardrailMetrics, child, metrics_for
 from guardrail.panel import PanelOutcome, PanelRunner
@@ -69,7 +69,8 @@ class Guard:
 
     @classmethod
     def build(cls, policy: Policy, *, registry: CollectorRegistry | None = None) -> Guard:
-        """Build judges, screens, adapter and metrics for a policy."""
+        """Build judges, screens, adapter and metrics for a policy (LiteLLM is imported here)."""
+        unset_api_keys(policy)  # logged: a judge without its key refuses or fails everything
         judges = {name: build_judge(name, spec) for name, spec in policy.judges.items()}
         screens = build_screens(policy, policy.input.screens, judges)
         output = policy.output

@@ -5,8 +5,9 @@ Two clients, chosen per judge:
 - the lean path: one hand-built POST over a shared ``aiohttp`` session, for
   endpoints that speak the OpenAI chat protocol. The screen runs on every
   request, and this client costs a fraction of the SDKs' CPU per call;
-- the LiteLLM path: ``litellm.acompletion`` for any other provider. LiteLLM is
-  imported on first use only, because importing it takes seconds.
+- the LiteLLM path: ``litellm.acompletion`` for any other provider. Importing
+  LiteLLM takes seconds, so ``load_litellm`` is called while the guard is built
+  (off the event loop), only for a policy that needs it.
 
 Both map every failure to ``JudgeError``: ``timeout``, ``rate_limited`` (with
 the server's Retry-After), ``http``, or ``parse``. Cancellation is never
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -157,7 +160,7 @@ class LLMJudge:
     # --- LiteLLM path ---
 
     async def _complete_litellm(self, messages: list[dict[str, str]]) -> str:
-        litellm = _import_litellm()
+        litellm = load_litellm()  # loaded while the guard was built: a dict lookup now
         import openai  # LiteLLM's exceptions subclass the openai SDK's
 
         try:
@@ -248,14 +251,31 @@ async def _dequeued(_: object, context: Any, __: object) -> None:
     wait.end()
 
 
-def _import_litellm() -> Any:
-    # Without this LiteLLM downloads its model price map from the internet at
-    # import; with no network that costs seconds. Set just before the first
-    # import so nothing happens at our own import time.
+@functools.cache
+def load_litellm() -> Any:
+    """Import LiteLLM, quietly; call it off the event loop (the import takes seconds)."""
+    # Without this LiteLLM downloads its model price map at import; with no
+    # network that costs seconds. Set here, not at our import, and only if unset.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    # Its "Give Feedback / Get Help" banner on every provider error is printed
+    # into the app's output; our errors are mapped and counted instead.
+    litellm.suppress_debug_info = True
+    # litellm.acompletion runs its setup in a thread, which hands back the
+    # provider's coroutine. A call cancelled meanwhile (a settled panel's
+    # straggler, a timeout) drops that coroutine before it ever ran: nothing
+    # leaks, but Python warns "never awaited" when it is collected. Only
+    # LiteLLM's provider handlers are matched.
+    warnings.filterwarnings(
+        "ignore",
+        message=_LITELLM_UNAWAITED,
+        category=RuntimeWarning,
+    )
     return litellm
+
+
+_LITELLM_UNAWAITED = r"coroutine '\w+\.(acompletion|_?async_completion)\w*' was never awaited"
 
 
 def _content_of(body: bytes) -> str:
