@@ -168,7 +168,7 @@ async def _ask(judge: Judge, text: str, deadline: float) -> SeatResult:
                 verdict = await judge.screen(text)
             return SeatResult(judge.name, state_of(verdict), verdict, _since(start), None, attempt)
         except TimeoutError:
-            if wait.waiting:
+            if wait.starved(_since(start)):
                 detail = "no free connection before the deadline"
                 return _abstain(judge, "pool", detail, start, attempt)
             return _abstain(

@@ -69,7 +69,7 @@ async def judge_once(judge: Judge, text: str, timeout_s: float) -> JudgeResult:
         async with asyncio.timeout(timeout_s):
             result: JudgeResult = await judge.screen(text)
     except TimeoutError:
-        if wait.waiting:
+        if wait.starved(_since(start)):
             detail = f"no free connection within {timeout_s}s"
             result = JudgeFailure(judge.name, "pool", detail, _since(start))
         else:

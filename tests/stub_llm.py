@@ -83,14 +83,15 @@ class StubLLM:
     def release(self) -> None:
         """Answer every held request, and stop holding new ones."""
         self.held = False
-        gate, loop = self._gate, self._server_loop
+        # A fresh gate for the next hold; requests already waiting keep this one.
+        gate, loop, self._gate = self._gate, self._server_loop, None
         if gate is not None and loop is not None:
             loop.call_soon_threadsafe(gate.set)
 
     def reset(self) -> None:
         """Forget recorded requests and counters (behaviour settings are kept)."""
         self.requests = []
-        self.count = self.completed = self.cancelled = 0
+        self.count = self.completed = self.cancelled = self.peak = 0
 
     def start(self) -> StubLLM:
         """Start serving in a background thread; return once the server accepts."""
@@ -206,12 +207,14 @@ class StubLLM:
 
     async def _held_until_released(self, receive: Receive) -> bool:
         """Wait for ``release()``; True if the client hung up first."""
-        if self._gate is None:
-            self._gate, self._server_loop = asyncio.Event(), asyncio.get_running_loop()
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = asyncio.Event()
+            self._server_loop = asyncio.get_running_loop()
         if not self.held:  # released while the gate was being made
             return False
         listener = asyncio.ensure_future(receive())
-        released = asyncio.ensure_future(self._gate.wait())
+        released = asyncio.ensure_future(gate.wait())
         try:
             done, _ = await asyncio.wait({listener, released}, return_when=asyncio.FIRST_COMPLETED)
         finally:

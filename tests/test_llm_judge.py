@@ -9,18 +9,19 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from guarded import Guarded, guarded_app
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stub_llm import StubLLM
 
-from guardrail import load_policy
+from guardrail import load_policy, parse_policy
 from guardrail.cli import main
 from guardrail.factory import unset_api_keys
 from guardrail.judges import prompt
@@ -524,6 +525,86 @@ async def test_a_call_that_never_gets_a_connection_fails_as_pool(make_judge: Mak
     (pooled,) = [r for r in results if isinstance(r, JudgeFailure) and r.reason == "pool"]
     assert pooled.queued_s > 0
     assert stub.count <= 2  # on a loaded machine a held call may time out still connecting
+
+
+@settings(max_examples=15, deadline=None)
+@given(calls=st.integers(1, 6), limit=st.integers(1, 3))
+def test_no_more_calls_reach_the_judge_than_its_pool_holds(
+    held_stub: StubLLM, calls: int, limit: int
+) -> None:
+    async def run() -> list[Verdict]:
+        judge = LLMJudge(
+            name="j",
+            model="openai/stub",
+            categories=CATEGORIES,
+            api_base=held_stub.base_url,
+            max_connections=limit,
+        )
+        waits = [ConnectionWait() for _ in range(calls)]
+
+        async def call(wait: ConnectionWait) -> Verdict:
+            connection_wait.set(wait)
+            return await judge.screen("text")
+
+        try:
+            tasks = [asyncio.create_task(call(w)) for w in waits]
+            inside = min(calls, limit)
+            assert await _until(
+                lambda: (
+                    held_stub.count == inside and sum(w.waiting for w in waits) == calls - inside
+                )
+            )
+            held_stub.release()
+            return await asyncio.gather(*tasks)
+        finally:
+            await judge.aclose()
+
+    held_stub.held = True
+    held_stub.reset()
+    verdicts = asyncio.run(run())
+    assert len(verdicts) == calls
+    assert held_stub.peak <= limit
+    assert held_stub.count == calls
+
+
+@pytest.fixture(scope="module")
+def held_stub() -> Iterator[StubLLM]:
+    with StubLLM(held=True) as stub:
+        yield stub
+
+
+def test_a_saturated_pool_is_its_own_error_reason_and_metric(stub_llm: StubLLM) -> None:
+    stub_llm.held = True
+    policy = parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges:\n"
+        f"  llm: {{type: llm, model: openai/j, api_base: '{stub_llm.base_url}',"
+        " max_connections: 2}\n"
+        "input: {screens: [{judge: llm, timeout_s: 1.0}]}\n"
+    )
+
+    async def three(app: Guarded) -> list[str]:
+        client = app.async_client()
+        answers = await asyncio.gather(
+            *(
+                client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": f"hello {i}"}]
+                )
+                for i in range(3)
+            )
+        )
+        return [a.choices[0].finish_reason for a in answers]
+
+    with guarded_app(policy) as app:
+        assert asyncio.run(three(app)) == ["content_filter"] * 3
+        stub_llm.release()
+        assert app.decisions("error_blocked") == 3
+        errors = {"judge": "llm", "stage": "input"}
+        assert app.sample("guardrail_judge_errors_total", {**errors, "reason": "pool"}) == 1
+        assert app.sample("guardrail_judge_errors_total", {**errors, "reason": "timeout"}) == 2
+        waited = app.sample("guardrail_judge_pool_wait_seconds_count", errors)
+        assert waited >= 1
 
 
 async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:

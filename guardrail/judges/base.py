@@ -75,6 +75,14 @@ class ConnectionWait:
         ongoing = 0.0 if self._since is None else time.perf_counter() - self._since
         return self.waited_s + ongoing
 
+    def starved(self, elapsed_s: float) -> bool:
+        """Whether a call that ran out of time lost it mostly to waiting for a connection.
+
+        A call that got its connection just before its deadline still failed
+        because of the pool, not because the judge was slow.
+        """
+        return self.waiting or self.total_s() >= elapsed_s / 2
+
 
 # Set by the runner around one judge call (each call runs in its own task or is
 # reset after), read by a network judge's connection pool.

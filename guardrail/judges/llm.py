@@ -137,6 +137,7 @@ class LLMJudge:
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         wait = connection_wait.get() or ConnectionWait()
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with session.post(
@@ -144,7 +145,7 @@ class LLMJudge:
                 ) as resp:
                     body = await resp.read()
         except TimeoutError:
-            if wait.waiting:
+            if wait.starved(time.perf_counter() - started):
                 raise JudgeError("pool", _no_connection(self._timeout_s, session)) from None
             raise JudgeError("timeout", f"no answer within {self._timeout_s:g} s") from None
         except aiohttp.ClientError as exc:
