@@ -128,12 +128,21 @@ def _panel_problems(policy: Policy, panel: Panel, known: str) -> Iterator[tuple[
 
 
 def _overturn_problems(policy: Policy, panel: Panel) -> Iterator[tuple[Loc, str]]:
+    screened = {s.judge for s in policy.input.screens}
+    screened |= {s.judge for s in policy.output.screens} if policy.output else set()
+    if policy.on_flag == "vote" and not panel.may_overturn(policy.judges) & screened:
+        yield (
+            ("on_flag",),
+            (
+                "on_flag: vote, but no screen's flag may go to the panel (pii and keywords "
+                "flags are final unless listed in panel.overturns): list the judges the panel "
+                "may overturn there, or use on_flag: block"
+            ),
+        )
     if panel.overturns is None:
         return
     if policy.on_flag != "vote":
         yield ("panel", "overturns"), "overturns is used only with on_flag: vote"
-    screened = {s.judge for s in policy.input.screens}
-    screened |= {s.judge for s in policy.output.screens} if policy.output else set()
     for i, name in enumerate(panel.overturns):
         if name not in screened:
             used = ", ".join(sorted(screened))

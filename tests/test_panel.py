@@ -465,9 +465,10 @@ panel:
         (("{judge: guard}", "{judge: guard, categories: [hate]}"), "categories", "'hate'"),
         (("{judge: pii}", "{judge: pii, categories: [pii_phone]}"), "categories", "pii_phone"),
         (("{judge: words}", "{judge: words, categories: [other]}"), "categories", "bad_words"),
-        (("[{judge: a}]", "[{judge: a}]\n  overturns: [nobody]"), "overturns", "'nobody'"),
+        (("[{judge: a}]", "[{judge: a}]\n  overturns: [guard, nobody]"), "overturns", "'nobody'"),
         (("on_flag: vote", "on_flag: block"), "overturns", "only with on_flag: vote"),
         (("[{judge: a}]", "[{judge: a}, {judge: pii}]"), "judge", "panel seats are llm"),
+        (("    - {judge: guard}\n", ""), "on_flag", "no screen's flag may go to the panel"),
     ],
     ids=[
         "llm-not-asked",
@@ -476,6 +477,7 @@ panel:
         "unknown",
         "no-vote",
         "seat",
+        "vote-on-final-flags-only",
     ],
 )
 def test_policy_checks_what_screens_ask_and_the_panel_may_do(
