@@ -185,6 +185,9 @@ class Guard:
                 child(m.panel_abstentions, policy, seat.judge, seat.abstained).inc()
             if seat.result is not None:
                 child(m.judge_duration, policy, seat.judge, "panel").observe(seat.latency_s)
+                if seat.result.queued_s:
+                    pool_wait = child(m.judge_pool_wait, policy, seat.judge, "panel")
+                    pool_wait.observe(seat.result.queued_s)
 
     @property
     def version(self) -> str:

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from guardrail.judges.base import (
@@ -166,13 +166,15 @@ async def _ask(judge: Judge, text: str, deadline: float) -> SeatResult:
         try:
             async with asyncio.timeout_at(deadline):
                 verdict = await judge.screen(text)
+            if queued := wait.total_s():
+                verdict = replace(verdict, queued_s=queued)
             return SeatResult(judge.name, state_of(verdict), verdict, _since(start), None, attempt)
         except TimeoutError:
             if wait.starved(_since(start)):
                 detail = "no free connection before the deadline"
-                return _abstain(judge, "pool", detail, start, attempt)
+                return _abstain(judge, "pool", detail, start, attempt, wait)
             return _abstain(
-                judge, "deadline", "no verdict before the panel's deadline", start, attempt
+                judge, "deadline", "no verdict before the panel's deadline", start, attempt, wait
             )
         except JudgeError as exc:
             if exc.reason == "rate_limited" and attempt <= MAX_RETRIES:
@@ -180,10 +182,10 @@ async def _ask(judge: Judge, text: str, deadline: float) -> SeatResult:
                 if loop.time() + pause < deadline:
                     await asyncio.sleep(pause)
                     continue
-            return _abstain(judge, exc.reason, exc.detail, start, attempt)
+            return _abstain(judge, exc.reason, exc.detail, start, attempt, wait)
         except Exception as exc:  # a judge bug abstains; it must not sink the panel
             log.exception("panel judge %s raised", judge.name)
-            return _abstain(judge, "internal", type(exc).__name__, start, attempt)
+            return _abstain(judge, "internal", type(exc).__name__, start, attempt, wait)
 
 
 def retry_pause(attempt: int, retry_after_s: float | None) -> float:
@@ -199,9 +201,14 @@ def _abstain(
     detail: str,
     start: float,
     attempts: int,
+    wait: ConnectionWait,
 ) -> SeatResult:
     failure = JudgeFailure(
-        judge.name, "timeout" if reason == "deadline" else reason, detail, _since(start)
+        judge.name,
+        "timeout" if reason == "deadline" else reason,
+        detail,
+        _since(start),
+        wait.total_s(),
     )
     return SeatResult(judge.name, "abstain", failure, failure.latency_s, reason, attempts)
 

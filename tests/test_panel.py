@@ -265,6 +265,42 @@ def test_judge_failure_escalates_when_on_error_is_vote(stub_llm_factory: Factory
         )
 
 
+def test_a_cleared_flag_does_not_release_what_a_failed_screen_never_saw(
+    stub_llm_factory: Factory,
+) -> None:
+    # The injection flag goes to the panel, which clears it; the LLM screen
+    # failed, so under on_error: block the text was never fully screened.
+    screen = stub_llm_factory(status=500)
+    seat = stub_llm_factory(reply=SAFE)
+    policy = panel_policy(seat.base_url, on_error="block", screen_url=screen.base_url)
+    with guarded_app(policy) as app:
+        assert ask(app.client(), INJECTION).choices[0].finish_reason == "content_filter"
+        assert app.decisions("error_blocked") == 1
+        assert seat.count == 1  # the flag was put to the panel, and cleared
+
+
+def test_with_on_error_vote_the_panel_is_also_asked_what_failed_screens_ask(
+    stub_llm_factory: Factory,
+) -> None:
+    screen = stub_llm_factory(status=500)
+    seat = stub_llm_factory(reply=SAFE)
+    policy = panel_policy(seat.base_url, on_error="vote", screen_url=screen.base_url)
+    with guarded_app(policy) as app:
+        assert ask(app.client(), INJECTION).choices[0].finish_reason == "stop"
+        assert app.decisions("flagged_allowed") == 1
+        (question,) = asked(seat)
+        # The injection screen's question, then the failed LLM screen's categories.
+        assert question[0].startswith("prompt_injection (")
+        assert [q.split(" ")[0] for q in question[1:]] == [
+            "violence",
+            "self_harm",
+            "sexual_minors",
+            "hate",
+            "weapons",
+            "illegal_drugs",
+        ]
+
+
 # --- the panel is asked what was flagged ---
 
 POLICIES = Path(__file__).parent.parent / "policies"
