@@ -534,3 +534,17 @@ def test_screen_categories_are_spelled_one_way() -> None:
     policy = parse_policy(text.replace("{judge: words}", "{judge: words, categories: [bad-words]}"))
     assert policy.input.screens[2].categories == ("self_harm", "violence")
     assert policy.judges["guard"].categories == ("violence", "self_harm")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "decision"),
+    [("card 4111 1111 1111 1111", "blocked"), ("mail jane.doe@example.com", "allowed")],
+)
+def test_a_screen_narrows_what_a_local_judge_looks_for(text: str, decision: str) -> None:
+    policy = parse_policy(
+        CHECKED.replace("{judge: pii}", "{judge: pii, categories: [PII-Card]}")
+        .replace("    - {judge: words}\n", "")
+        .replace("    - {judge: guard}\n", "")
+        .replace("on_flag: vote\npanel:\n  judges: [{judge: a}]\n", "")
+    )
+    assert asyncio.run(_assess(policy, text)) == decision
