@@ -3,9 +3,13 @@
 A flag is final unless the policy lets the panel overturn its judge
 (``Screen.final``). A final flag cancels the screens still running: their
 answers can no longer change the outcome, and an LLM judge's cancelled HTTP
-request stops costing tokens. A flag the panel may overturn settles nothing
-yet, so every other screen still runs: a panel that clears it must not
-release what another screen would have caught.
+request stops costing tokens.
+
+A flag the panel may overturn settles nothing yet: the panel will rule, and
+must not release what another screen would have caught. So every local screen
+still runs (they cost microseconds), and so does every network screen whose
+flag would be final; network screens the panel may overturn are cut off, and
+the panel is asked their question too (``Screening.flag_question``).
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class Screening:
     results: tuple[JudgeResult, ...]
     flag: Verdict | None
     disputable: bool = False
-    flag_question: tuple[str, ...] = ()  # what the screens with disputable flags asked
+    # What the screens with disputable flags asked, and those cut off because of them.
+    flag_question: tuple[str, ...] = ()
     failed_question: tuple[str, ...] = ()  # what the screens that failed asked
 
     @property
@@ -97,20 +102,28 @@ async def screen_all(screens: Sequence[Screen], text: str) -> Screening:
         if not s.judge.inline
     }
     heard: list[tuple[Screen, JudgeResult]] = []
+    handed_over: list[Screen] = []  # cut off: the panel is asked their question instead
     try:
         for screen in screens:
             if screen.judge.inline:
                 heard.append((screen, await judge_once(screen.judge, text, screen.timeout_s)))
                 if _settles(*heard[-1]):
-                    return _screening(heard)
+                    return _screening(heard, handed_over)
         pending = set(tasks)
         while pending:
+            if any(_disputes(*h) for h in heard):
+                for task in [t for t in tasks if t in pending and not tasks[t].final]:
+                    task.cancel()  # its tokens are saved; the panel answers its question
+                    handed_over.append(tasks[task])
+                    pending.discard(task)
+                if not pending:
+                    break
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 heard.append((tasks[task], task.result()))
                 if _settles(*heard[-1]):
-                    return _screening(heard)
-        return _screening(heard)
+                    return _screening(heard, handed_over)
+        return _screening(heard, handed_over)
     finally:
         await _cancel(tasks)
 
@@ -119,7 +132,13 @@ def _settles(screen: Screen, result: JudgeResult) -> bool:
     return isinstance(result, Verdict) and result.flagged and screen.final
 
 
-def _screening(heard: Sequence[tuple[Screen, JudgeResult]]) -> Screening:
+def _disputes(screen: Screen, result: JudgeResult) -> bool:
+    return isinstance(result, Verdict) and result.flagged and not screen.final
+
+
+def _screening(
+    heard: Sequence[tuple[Screen, JudgeResult]], handed_over: Sequence[Screen]
+) -> Screening:
     results = tuple(result for _, result in heard)
     flags = [(s, r) for s, r in heard if isinstance(r, Verdict) and r.flagged]
     final = [r for s, r in flags if s.final]
@@ -128,7 +147,7 @@ def _screening(heard: Sequence[tuple[Screen, JudgeResult]]) -> Screening:
     failed = _union(s.asks for s, r in heard if isinstance(r, JudgeFailure))
     if not flags:
         return Screening(results, None, failed_question=failed)
-    asked = _union(s.asks for s, _ in flags)
+    asked = _union([*(s.asks for s, _ in flags), *(s.asks for s in handed_over)])
     return Screening(results, flags[0][1], True, asked, failed)
 
 

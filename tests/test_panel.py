@@ -268,15 +268,44 @@ def test_judge_failure_escalates_when_on_error_is_vote(stub_llm_factory: Factory
 def test_a_cleared_flag_does_not_release_what_a_failed_screen_never_saw(
     stub_llm_factory: Factory,
 ) -> None:
-    # The injection flag goes to the panel, which clears it; the LLM screen
-    # failed, so under on_error: block the text was never fully screened.
-    screen = stub_llm_factory(status=500)
+    # The flagger's flag goes to the panel, which clears it; the failing screen
+    # (final: not listed in overturns) is awaited, and it failed: under
+    # on_error: block the text was never fully screened.
+    failing = stub_llm_factory(status=500)
+    flagger = stub_llm_factory(reply=UNSAFE)
     seat = stub_llm_factory(reply=SAFE)
-    policy = panel_policy(seat.base_url, on_error="block", screen_url=screen.base_url)
+    llm = "{{type: llm, model: openai/{0}, api_base: '{1}'}}"
+    policy = parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges:\n"
+        f"  failing: {llm.format('f', failing.base_url)}\n"
+        f"  flagger: {llm.format('g', flagger.base_url)}\n"
+        f"  a: {llm.format('a', seat.base_url)}\n"
+        "input: {screens: [{judge: failing}, {judge: flagger}]}\n"
+        "on_flag: vote\n"
+        "on_error: block\n"
+        "panel: {judges: [{judge: a}], overturns: [flagger]}\n"
+    )
     with guarded_app(policy) as app:
-        assert ask(app.client(), INJECTION).choices[0].finish_reason == "content_filter"
+        assert ask(app.client(), BENIGN).choices[0].finish_reason == "content_filter"
         assert app.decisions("error_blocked") == 1
         assert seat.count == 1  # the flag was put to the panel, and cleared
+
+
+def test_a_screen_the_panel_may_overturn_is_cut_off_and_its_question_handed_over(
+    stub_llm_factory: Factory,
+) -> None:
+    screen = stub_llm_factory(held=True)  # would never answer
+    seat = stub_llm_factory(reply=SAFE)
+    policy = panel_policy(seat.base_url, screen_url=screen.base_url)
+    with guarded_app(policy) as app:
+        assert ask(app.client(), INJECTION).choices[0].finish_reason == "stop"
+        assert app.decisions("flagged_allowed") == 1
+        (question,) = asked(seat)
+        assert question[0].startswith("prompt_injection (")
+        assert "violence" in [q.split(" ")[0] for q in question[1:]]
+    assert screen.count <= 1 and screen.completed == 0  # cut off, never answered
 
 
 def test_with_on_error_vote_the_panel_is_also_asked_what_failed_screens_ask(
