@@ -83,7 +83,7 @@ class GuardrailMetrics:
         self.judge_pool_wait = Histogram(
             "guardrail_judge_pool_wait_seconds",
             "Time a judge call waited for a free connection (calls that waited only); a call "
-            "still waiting at its timeout fails with reason pool.",
+            "that ran out of time mostly waiting fails with reason pool.",
             ["policy", "judge", "stage"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,

@@ -123,9 +123,10 @@ class LLMJudgeSpec(_Strict):
     max_tokens: PositiveInt = 200
     json_schema: bool = True
     client: Literal["auto", "openai", "litellm"] = "auto"
-    # Connections this judge may hold open at once (the lean client). A burst of
-    # held requests past this queues for a connection: that wait counts against
-    # the screen's timeout and fails as reason "pool", apart from a slow vendor.
+    # Connections this judge may hold open at once (the lean client), sized for
+    # bursts: every held request needs its own call. Past it calls queue; the
+    # wait counts against the screen's timeout, and a call that ran out of time
+    # mostly waiting fails as reason "pool", apart from a slow vendor ("timeout").
     max_connections: PositiveInt = 1000
 
     @field_validator("categories")
