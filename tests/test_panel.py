@@ -577,3 +577,26 @@ def test_a_screen_narrows_what_a_local_judge_looks_for(text: str, decision: str)
         .replace("on_flag: vote\npanel:\n  judges: [{judge: a}]\n", "")
     )
     assert asyncio.run(_assess(policy, text)) == decision
+
+
+def test_seats_waiting_for_a_connection_abstain_as_pool(stub_llm_factory: Factory) -> None:
+    seat = stub_llm_factory(held=True)  # holds the one connection until the deadline
+    policy = parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges:\n"
+        "  injection: {type: injection}\n"
+        f"  a: {{type: llm, model: openai/a, api_base: '{seat.base_url}', max_connections: 1}}\n"
+        "input: {screens: [{judge: injection, timeout_s: 0.5}]}\n"
+        "on_flag: vote\n"
+        "panel: {judges: [{judge: a, samples: 3}], deadline_s: 1.0}\n"
+    )
+    with guarded_app(policy) as app:
+        assert ask(app.client(), INJECTION).choices[0].finish_reason == "content_filter"
+        assert app.decisions("error_blocked") == 1
+        abstained = {"judge": "a", "reason": "pool"}
+        assert app.sample("guardrail_panel_abstentions_total", abstained) == 2
+        pool_waits = {"judge": "a", "stage": "panel"}
+        assert app.sample("guardrail_judge_pool_wait_seconds_count", pool_waits) == 2
+        seat.release()
+    assert seat.count <= 1
