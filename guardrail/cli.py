@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from guardrail.factory import unset_api_keys
 from guardrail.policy import Policy, load_policy
 from guardrail.policy_errors import PolicyError
 
@@ -34,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
-            print(summary(load_policy(args.policy)))
+            print(summary(policy := load_policy(args.policy)))
+            unset_api_keys(policy)  # logged as warnings: on stderr, logging configured or not
             return 0
         if args.command == "proxy":
             return _proxy(

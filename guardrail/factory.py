@@ -1,10 +1,12 @@
-"""Judges and the panel, built from a validated policy. Nothing here runs at import time."""
+"""Judges, screens and the panel, built from a validated policy. Nothing runs at import time."""
 
 from __future__ import annotations
 
+import logging
 import os
 
-from guardrail.judges.base import Judge
+from guardrail.judges.base import Askable, Judge
+from guardrail.judges.categories import category_key
 from guardrail.panel import PanelJudge, PanelRunner
 from guardrail.policy import (
     InjectionJudgeSpec,
@@ -14,8 +16,13 @@ from guardrail.policy import (
     PIIJudgeSpec,
     Policy,
 )
+from guardrail.policy import Screen as ScreenSpec
+from guardrail.policy_checks import answerable
 from guardrail.policy_errors import PolicyError
+from guardrail.screening import Screen
 from guardrail.voting import QuorumRule, Seat
+
+log = logging.getLogger("guardrail")
 
 
 def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None) -> Judge:
@@ -25,7 +32,10 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
     try:
         if isinstance(spec, KeywordJudgeSpec):
             return local.KeywordJudge(
-                name, keywords=spec.keywords, patterns=spec.patterns, category=spec.category
+                name,
+                keywords=spec.keywords,
+                patterns=spec.patterns,
+                category=category_key(spec.category),
             )
         if isinstance(spec, PIIJudgeSpec):
             return local.PIIJudge(name, kinds=spec.kinds)
@@ -35,9 +45,9 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
         raise PolicyError.single("<policy>", 0, f"judges.{name}", str(exc)) from None
     assert isinstance(spec, LLMJudgeSpec)
     # Imported here: the LLM client stack costs import time only when a policy uses it.
-    from guardrail.judges.llm import LLMJudge
+    from guardrail.judges.llm import LLMJudge, load_litellm
 
-    return LLMJudge(
+    judge = LLMJudge(
         name=name,
         model=spec.model,
         categories=spec.categories,
@@ -50,7 +60,60 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
         max_tokens=spec.max_tokens,
         json_schema=spec.json_schema,
         client=spec.client,
+        max_connections=spec.max_connections,
     )
+    if judge.client == "litellm":
+        # Now, while the guard is built: on first use it would freeze the event
+        # loop for seconds, and that request's screens would run out of time.
+        load_litellm()
+    return judge
+
+
+def unset_api_keys(policy: Policy) -> list[str]:
+    """A warning for each LLM judge whose ``api_key_env`` is not set; each is also logged."""
+    found = []
+    for name, spec in policy.judges.items():
+        if (
+            isinstance(spec, LLMJudgeSpec)
+            and spec.api_key_env
+            and not os.environ.get(spec.api_key_env)
+        ):
+            found.append(
+                f"judge '{name}': environment variable {spec.api_key_env} is not set; "
+                "its calls will fail and the policy's fail mode will decide"
+            )
+    for warning in found:
+        log.warning("%s", warning)
+    return found
+
+
+def build_screens(
+    policy: Policy, specs: tuple[ScreenSpec, ...], judges: dict[str, Judge]
+) -> tuple[Screen, ...]:
+    """Each screen's judge, asked what the screen asks; its flag final unless overturnable."""
+    overturnable: frozenset[str] = frozenset()
+    if policy.on_flag == "vote" and policy.panel is not None:
+        overturnable = policy.panel.may_overturn(policy.judges)
+    screens = []
+    for s in specs:
+        spec, judge = policy.judges[s.judge], judges[s.judge]
+        asks = s.categories or answerable(spec)
+        if s.categories is not None:
+            judge = _narrowed(s.judge, spec, judge, s.categories)
+        screens.append(Screen(judge, s.timeout_s, asks, s.judge not in overturnable))
+    return tuple(screens)
+
+
+def _narrowed(name: str, spec: JudgeSpec, judge: Judge, categories: tuple[str, ...]) -> Judge:
+    # The screen asks about fewer categories than the judge knows. A chat judge
+    # is asked only those; a PII judge looks only for those kinds. Keyword and
+    # injection judges know one category, which the policy check made sure is it.
+    if isinstance(spec, PIIJudgeSpec):
+        kinds = tuple(k for k in spec.kinds if f"pii_{k}" in categories)
+        return build_judge(name, spec.model_copy(update={"kinds": kinds}))
+    if isinstance(judge, Askable):
+        return judge.asking(categories)
+    return judge
 
 
 def build_panel(policy: Policy, judges: dict[str, Judge]) -> PanelRunner | None:
@@ -60,11 +123,14 @@ def build_panel(policy: Policy, judges: dict[str, Judge]) -> PanelRunner | None:
         return None
     seats = []
     for entry in panel.judges:
-        spec = policy.judges[entry.judge]
-        for sample in range(entry.samples):
-            judge = judges[entry.judge]
-            if sample or entry.temperature is not None:
-                judge = build_judge(entry.judge, spec, temperature=entry.temperature)
-            seats.append(PanelJudge(judge, Seat(entry.judge, entry.weight)))
+        judge = judges[entry.judge]
+        if entry.temperature is not None:
+            from guardrail.judges.llm import LLMJudge
+
+            assert isinstance(judge, LLMJudge)  # policy-checked: seats are llm judges
+            judge = judge.variant(temperature=entry.temperature)
+        # Every sample is the same judge: the runner asks each seat separately,
+        # and the seats share the judge's connection pool.
+        seats += [PanelJudge(judge, Seat(entry.judge, entry.weight))] * entry.samples
     rule = QuorumRule(panel.quorum, panel.k, panel.tie, panel.min_votes)
     return PanelRunner(seats, rule, deadline_s=panel.deadline_s)

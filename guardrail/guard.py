@@ -16,12 +16,11 @@ from prometheus_client import CollectorRegistry
 from guardrail.adapters import ADAPTERS, Adapter, ChatRequest, Reply
 from guardrail.audit import AuditTrail, build_audit
 from guardrail.decision import Decision
-from guardrail.factory import build_judge, build_panel
+from guardrail.factory import build_judge, build_panel, build_screens, unset_api_keys
 from guardrail.judges.base import Judge, JudgeFailure
 from guardrail.metrics import GuardrailMetrics, child, metrics_for
 from guardrail.panel import PanelOutcome, PanelRunner
 from guardrail.policy import Policy, digest
-from guardrail.policy import Screen as ScreenSpec
 from guardrail.screening import Screen, Screening, screen_all
 
 Trigger = Literal["flag", "error"]
@@ -70,17 +69,12 @@ class Guard:
 
     @classmethod
     def build(cls, policy: Policy, *, registry: CollectorRegistry | None = None) -> Guard:
-        """Build judges, screens, adapter and metrics for a policy."""
+        """Build judges, screens, adapter and metrics for a policy (LiteLLM is imported here)."""
+        unset_api_keys(policy)  # logged: a judge without its key refuses or fails everything
         judges = {name: build_judge(name, spec) for name, spec in policy.judges.items()}
-
-        def bind(specs: tuple[ScreenSpec, ...]) -> tuple[Screen, ...]:
-            return tuple(
-                Screen(judges[s.judge], s.timeout_s, frozenset(s.categories or ()) or None)
-                for s in specs
-            )
-
-        screens = bind(policy.input.screens)
-        output_screens = bind(policy.output.screens) if policy.output else ()
+        screens = build_screens(policy, policy.input.screens, judges)
+        output = policy.output
+        output_screens = build_screens(policy, output.screens, judges) if output else ()
         panel = build_panel(policy, judges)
         metrics = metrics_for(registry)
         metrics.prepare(
@@ -103,7 +97,7 @@ class Guard:
         screening = await screen_all(screens, text)
         policy = self.policy
         if screening.flag is not None:
-            if policy.on_flag == "vote":
+            if screening.disputable:  # only under on_flag: vote, for judges the panel may overturn
                 return await self._escalate(text, screening, "flag", stage)
             decision: Decision = "flagged_allowed" if policy.on_flag == "log_only" else "blocked"
         elif screening.failures:
@@ -118,12 +112,21 @@ class Guard:
         self, text: str, screening: Screening, trigger: Trigger, stage: Stage
     ) -> Assessment:
         assert self.panel is not None and self.policy.panel is not None  # policy-checked
-        outcome = await self.panel.convene(text)
+        on_error = self.policy.on_error
+        # The panel is asked what the escalating screens asked, and with on_error:
+        # vote also what the failed screens could not answer.
+        question = screening.flag_question if trigger == "flag" else ()
+        if on_error == "vote":
+            question += tuple(c for c in screening.failed_question if c not in question)
+        outcome = await self.panel.convene(text, question)
         decision: Decision
         if outcome.ruling.outcome == "block":
             decision = "blocked"
         elif outcome.ruling.outcome == "allow":
             decision = "flagged_allowed" if trigger == "flag" else "allowed"
+            if screening.failures and on_error != "vote":
+                # The panel cleared the flag; a screen that failed still decides by the fail mode.
+                decision = "error_allowed" if on_error == "allow" else "error_blocked"
         elif self.policy.panel.on_no_quorum == "allow":
             decision = "error_allowed"
         else:
@@ -157,6 +160,8 @@ class Guard:
         m, policy, stage = self.metrics, self.policy.name, assessment.stage
         for result in assessment.screening.results:
             child(m.judge_duration, policy, result.judge, stage).observe(result.latency_s)
+            if result.queued_s:
+                child(m.judge_pool_wait, policy, result.judge, stage).observe(result.queued_s)
             if isinstance(result, JudgeFailure):
                 child(m.judge_errors, policy, result.judge, stage, result.reason).inc()
             elif result.flagged:
@@ -180,6 +185,9 @@ class Guard:
                 child(m.panel_abstentions, policy, seat.judge, seat.abstained).inc()
             if seat.result is not None:
                 child(m.judge_duration, policy, seat.judge, "panel").observe(seat.latency_s)
+                if seat.result.queued_s:
+                    pool_wait = child(m.judge_pool_wait, policy, seat.judge, "panel")
+                    pool_wait.observe(seat.result.queued_s)
 
     @property
     def version(self) -> str:

@@ -75,9 +75,17 @@ class GuardrailMetrics:
         )
         self.judge_errors = Counter(
             "guardrail_judge_errors",
-            "Screens that gave no verdict, by stage (input, output) and reason: timeout, http, "
-            "rate_limited, parse, internal.",
+            "Screens that gave no verdict, by stage (input, output) and reason: timeout, pool, "
+            "http, rate_limited, parse, internal.",
             ["policy", "judge", "stage", "reason"],
+            registry=registry,
+        )
+        self.judge_pool_wait = Histogram(
+            "guardrail_judge_pool_wait_seconds",
+            "Time a judge call waited for a free connection (calls that waited only); a call "
+            "that ran out of time mostly waiting fails with reason pool.",
+            ["policy", "judge", "stage"],
+            buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.flags = Counter(

@@ -4,6 +4,14 @@ Fanning out to several vendors usually makes the slowest one everybody's
 latency. Here the vote is re-decided as each answer lands (``voting.decide``)
 and the stragglers are cancelled as soon as no answer could change it: their
 HTTP requests are closed, so the vendor stops working on them.
+
+Every seat is asked the question the escalating screens asked (``convene``'s
+``question``): a panel judging another question could clear what was flagged.
+
+A seat answered 429 is asked again after a pause: at least ``RETRY_FLOOR_S``,
+doubling with jitter, longer if the vendor's Retry-After says so, at most
+``MAX_RETRIES`` times and only while the deadline allows. A vendor answering
+``Retry-After: 0`` is not hammered.
 """
 
 from __future__ import annotations
@@ -13,10 +21,19 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from guardrail.judges.base import FailureReason, Judge, JudgeError, JudgeFailure, JudgeResult
+from guardrail.judges.base import (
+    Askable,
+    ConnectionWait,
+    FailureReason,
+    Judge,
+    JudgeError,
+    JudgeFailure,
+    JudgeResult,
+    connection_wait,
+)
 from guardrail.voting import QuorumRule, Ruling, Seat, SeatState, decide, final_ruling, state_of
 
 log = logging.getLogger("guardrail")
@@ -25,8 +42,12 @@ log = logging.getLogger("guardrail")
 Ended = Literal["quorum", "all_voted", "tie", "no_quorum", "deadline"]
 # Why a seat gave no vote (judge failure reasons, plus the panel's own).
 Abstention = Literal[
-    "timeout", "http", "rate_limited", "parse", "internal", "deadline", "cancelled"
+    "timeout", "pool", "http", "rate_limited", "parse", "internal", "deadline", "cancelled"
 ]
+
+# 429 handling: the first pause, doubled on each retry (with jitter), and how many retries.
+RETRY_FLOOR_S = 0.1
+MAX_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +96,15 @@ class PanelRunner:
         self.seats = tuple(j.seat for j in judges)
         self.deadline_s = deadline_s
 
-    async def convene(self, text: str) -> PanelOutcome:
-        """Ask every seat at once; return as soon as the ruling cannot change."""
+    async def convene(self, text: str, question: Sequence[str] = ()) -> PanelOutcome:
+        """Ask every seat about ``question`` at once; return as soon as the ruling cannot change.
+
+        An empty ``question`` asks each seat what its judge asks by default.
+        """
         start = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.deadline_s
-        tasks = [asyncio.create_task(_ask(j.judge, text, deadline)) for j in self.judges]
+        asked = [_asked(j.judge, question) for j in self.judges]
+        tasks = [asyncio.create_task(_ask(judge, text, deadline)) for judge in asked]
         index = {task: i for i, task in enumerate(tasks)}
         results: list[SeatResult | None] = [None] * len(tasks)
         states: list[SeatState] = ["pending"] * len(tasks)
@@ -124,33 +149,50 @@ def _ended(ruling: Ruling, settled_early: bool, seats: tuple[SeatResult, ...]) -
     return "tie" if ruling.reason == "tie" else "all_voted"
 
 
+def _asked(judge: Judge, question: Sequence[str]) -> Judge:
+    # Seats are chat judges (policy-checked); a judge that cannot be asked keeps its own question.
+    return judge.asking(question) if question and isinstance(judge, Askable) else judge
+
+
 async def _ask(judge: Judge, text: str, deadline: float) -> SeatResult:
-    """One seat's vote; a 429 is retried with backoff while the deadline allows."""
+    """One seat's vote; a 429 is retried with backoff, a few times, while the deadline allows."""
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
+    wait = ConnectionWait()
+    connection_wait.set(wait)  # this task's own context: no reset needed
     attempt = 0
     while True:
         attempt += 1
         try:
             async with asyncio.timeout_at(deadline):
                 verdict = await judge.screen(text)
+            if queued := wait.total_s():
+                verdict = replace(verdict, queued_s=queued)
             return SeatResult(judge.name, state_of(verdict), verdict, _since(start), None, attempt)
         except TimeoutError:
+            if wait.starved(_since(start)):
+                detail = "no free connection before the deadline"
+                return _abstain(judge, "pool", detail, start, attempt, wait)
             return _abstain(
-                judge, "deadline", "no verdict before the panel's deadline", start, attempt
+                judge, "deadline", "no verdict before the panel's deadline", start, attempt, wait
             )
         except JudgeError as exc:
-            if exc.reason == "rate_limited":
-                wait = exc.retry_after_s
-                if wait is None:  # no hint: exponential backoff with jitter
-                    wait = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
-                if loop.time() + wait < deadline:
-                    await asyncio.sleep(wait)
+            if exc.reason == "rate_limited" and attempt <= MAX_RETRIES:
+                pause = retry_pause(attempt, exc.retry_after_s)
+                if loop.time() + pause < deadline:
+                    await asyncio.sleep(pause)
                     continue
-            return _abstain(judge, exc.reason, exc.detail, start, attempt)
+            return _abstain(judge, exc.reason, exc.detail, start, attempt, wait)
         except Exception as exc:  # a judge bug abstains; it must not sink the panel
             log.exception("panel judge %s raised", judge.name)
-            return _abstain(judge, "internal", type(exc).__name__, start, attempt)
+            return _abstain(judge, "internal", type(exc).__name__, start, attempt, wait)
+
+
+def retry_pause(attempt: int, retry_after_s: float | None) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based) after a 429."""
+    backoff: float = RETRY_FLOOR_S * 2 ** (attempt - 1) * (1 + random.random())
+    # Retry-After can only lengthen the pause: 0 must not mean "at once, forever".
+    return max(backoff, retry_after_s or 0.0)
 
 
 def _abstain(
@@ -159,9 +201,14 @@ def _abstain(
     detail: str,
     start: float,
     attempts: int,
+    wait: ConnectionWait,
 ) -> SeatResult:
     failure = JudgeFailure(
-        judge.name, "timeout" if reason == "deadline" else reason, detail, _since(start)
+        judge.name,
+        "timeout" if reason == "deadline" else reason,
+        detail,
+        _since(start),
+        wait.total_s(),
     )
     return SeatResult(judge.name, "abstain", failure, failure.latency_s, reason, attempts)
 

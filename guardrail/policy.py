@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from guardrail.judges.categories import category_key
 from guardrail.policy_errors import PolicyError, explain, read_yaml
 
 DEFAULT_POLICY = "default"
@@ -40,8 +41,17 @@ DEFAULT_CATEGORIES = (
 )
 
 
+# Judge types whose flags a panel may overturn unless the policy says otherwise.
+OVERTURNABLE_TYPES = ("llm", "injection")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _category_keys(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    # One spelling per category (self-harm, Self Harm, self_harm): see judges.categories.
+    return None if names is None else tuple(dict.fromkeys(category_key(n) for n in names))
 
 
 def _compiles(patterns: tuple[str, ...]) -> tuple[str, ...]:
@@ -113,6 +123,19 @@ class LLMJudgeSpec(_Strict):
     max_tokens: PositiveInt = 200
     json_schema: bool = True
     client: Literal["auto", "openai", "litellm"] = "auto"
+    # Connections this judge may hold open at once (the lean client), sized for
+    # bursts: every held request needs its own call. Past it calls queue; the
+    # wait counts against the screen's timeout, and a call that ran out of time
+    # mostly waiting fails as reason "pool", apart from a slow vendor ("timeout").
+    max_connections: PositiveInt = 1000
+
+    @field_validator("categories")
+    @classmethod
+    def _one_spelling(cls, categories: tuple[str, ...]) -> tuple[str, ...]:
+        keys = _category_keys(categories)
+        if not keys:
+            raise ValueError("list at least one category to ask the judge about")
+        return keys
 
 
 JudgeSpec = Annotated[
@@ -176,8 +199,17 @@ class Screen(_Strict):
 
     judge: str
     timeout_s: PositiveFloat = 2.0
-    # Only flags in these categories count; None counts every category.
+    # What the judge is asked about on this screen (a subset of what it knows):
+    # None asks it everything it knows. Every flag it raises counts, whatever
+    # category it names; a category not asked about is recorded as "other".
     categories: tuple[str, ...] | None = None
+
+    @field_validator("categories")
+    @classmethod
+    def _one_spelling(cls, categories: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if categories is not None and not categories:
+            raise ValueError("list at least one category, or leave categories out")
+        return _category_keys(categories)
 
 
 class InputStage(_Strict):
@@ -236,6 +268,17 @@ class Panel(_Strict):
     deadline_s: PositiveFloat = 5.0
     # When the panel cannot reach a ruling (too many judges failed, deadline).
     on_no_quorum: Literal["block", "allow"] = "block"
+    # The screens' judges whose flags the panel may overturn. The panel is asked
+    # exactly what the flagging screen asked, so it judges the same question.
+    # Left out: llm and injection judges (opinions a second opinion can correct);
+    # a pii or keywords judge's flag is a fact and stays final unless listed here.
+    overturns: tuple[str, ...] | None = None
+
+    def may_overturn(self, judges: Mapping[str, JudgeSpec]) -> frozenset[str]:
+        """The judges whose flags this panel may overturn."""
+        if self.overturns is not None:
+            return frozenset(self.overturns)
+        return frozenset(n for n, spec in judges.items() if spec.type in OVERTURNABLE_TYPES)
 
 
 class Audit(_Strict):

@@ -1,14 +1,16 @@
-"""Checks across the fields of a policy: references to judges, and the panel's arithmetic."""
+"""Checks across the fields of a policy: references to judges, what each screen asks, and the
+panel: its arithmetic, its seats and which flags it may overturn."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from guardrail.judges.categories import category_key
 from guardrail.voting import QuorumRule, Seat, validate
 
 if TYPE_CHECKING:
-    from guardrail.policy import Panel, Policy
+    from guardrail.policy import JudgeSpec, Panel, Policy, Screen
 
 Loc = tuple[str | int, ...]
 
@@ -16,15 +18,19 @@ Loc = tuple[str | int, ...]
 def problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
     """Every cross-field problem, with the location of the field to fix."""
     known = ", ".join(sorted(policy.judges))
-    for i, screen in enumerate(policy.input.screens):
-        if screen.judge not in policy.judges:
-            loc = ("input", "screens", i, "judge")
-            yield loc, f"unknown judge '{screen.judge}'; the policy defines: {known}"
+    stages = [("input", policy.input.screens)]
     if policy.output is not None:
-        for i, screen in enumerate(policy.output.screens):
-            if screen.judge not in policy.judges:
-                loc = ("output", "screens", i, "judge")
+        stages.append(("output", policy.output.screens))
+    for stage, screens in stages:
+        for i, screen in enumerate(screens):
+            spec = policy.judges.get(screen.judge)
+            if spec is None:
+                loc = (stage, "screens", i, "judge")
                 yield loc, f"unknown judge '{screen.judge}'; the policy defines: {known}"
+            elif screen.categories is not None:
+                loc = (stage, "screens", i, "categories")
+                yield from ((loc, m) for m in _asking_problems(screen, spec))
+    if policy.output is not None:
         if policy.output.overlap_chars >= policy.output.window_chars:
             yield ("output", "overlap_chars"), "the overlap must be smaller than window_chars"
     uses_panel = policy.on_flag == "vote" or policy.on_error == "vote"
@@ -33,6 +39,29 @@ def problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
         yield (field,), "'vote' needs a panel: add a 'panel' section with the judges that vote"
     if policy.panel is not None:
         yield from _panel_problems(policy, policy.panel, known)
+
+
+def answerable(spec: JudgeSpec) -> tuple[str, ...]:
+    """Every category a judge can be asked about (and flag)."""
+    if spec.type == "llm":
+        return spec.categories
+    if spec.type == "pii":
+        return tuple(f"pii_{kind}" for kind in spec.kinds)
+    if spec.type == "injection":
+        return ("prompt_injection",)
+    return (category_key(spec.category),)
+
+
+def _asking_problems(screen: Screen, spec: JudgeSpec) -> Iterator[str]:
+    # A screen narrows what its judge is asked; it cannot ask what the judge
+    # does not know (a typo would silently ask about nothing).
+    can = answerable(spec)
+    for category in screen.categories or ():
+        if category not in can:
+            yield (
+                f"judge '{screen.judge}' is not asked about '{category}'; "
+                f"its categories: {', '.join(can)}"
+            )
 
 
 def _panel_problems(policy: Policy, panel: Panel, known: str) -> Iterator[tuple[Loc, str]]:
@@ -58,11 +87,19 @@ def _panel_problems(policy: Policy, panel: Panel, known: str) -> Iterator[tuple[
                     ),
                 )
             models[model] = seat.judge
-        if seat.samples > 1 and spec.type != "llm":
+        if spec.type != "llm":
+            # A seat is asked what the flagging screen asked; a local judge can
+            # only answer its own question, so its vote would be on another one.
+            why = "it answers the same every time, " if seat.samples > 1 else ""
+            field = "samples" if seat.samples > 1 else "judge"
             yield (
-                ("panel", "judges", i, "samples"),
-                (f"judge '{seat.judge}' is a {spec.type} judge: it answers the same every time"),
+                ("panel", "judges", i, field),
+                (
+                    f"judge '{seat.judge}' is a {spec.type} judge: {why}it can answer only "
+                    "its own question; panel seats are llm judges"
+                ),
             )
+    yield from _overturn_problems(policy, panel)
     slowest = max(s.timeout_s for s in policy.input.screens)
     if panel.deadline_s < slowest:
         yield (
@@ -88,6 +125,28 @@ def _panel_problems(policy: Policy, panel: Panel, known: str) -> Iterator[tuple[
                 else "judges"
             )
             yield ("panel", field), message
+
+
+def _overturn_problems(policy: Policy, panel: Panel) -> Iterator[tuple[Loc, str]]:
+    screened = {s.judge for s in policy.input.screens}
+    screened |= {s.judge for s in policy.output.screens} if policy.output else set()
+    if policy.on_flag == "vote" and not panel.may_overturn(policy.judges) & screened:
+        yield (
+            ("on_flag",),
+            (
+                "on_flag: vote, but no screen's flag may go to the panel (pii and keywords "
+                "flags are final unless listed in panel.overturns): list the judges the panel "
+                "may overturn there, or use on_flag: block"
+            ),
+        )
+    if panel.overturns is None:
+        return
+    if policy.on_flag != "vote":
+        yield ("panel", "overturns"), "overturns is used only with on_flag: vote"
+    for i, name in enumerate(panel.overturns):
+        if name not in screened:
+            used = ", ".join(sorted(screened))
+            yield ("panel", "overturns", i), f"'{name}' is not the judge of any screen: {used}"
 
 
 def seats_of(panel: Panel) -> list[Seat]:

@@ -72,7 +72,8 @@ class PolicyReloader:
             metrics, name = self.guard.metrics, self.guard.policy.name
             try:
                 policy = load_policy(self.path)
-                fresh = Guard.build(policy, registry=self.registry)
+                # Off the loop: building may import LiteLLM, which takes seconds.
+                fresh = await asyncio.to_thread(Guard.build, policy, registry=self.registry)
             except PolicyError as exc:
                 metrics.reloads.labels(name, "failure").inc()
                 log.error("policy reload (%s) rejected; still serving %s: %s", why, name, exc)

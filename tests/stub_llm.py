@@ -8,6 +8,10 @@ through plain attributes, read afresh on every request:
         stub.reply = '{"flagged": true, "categories": ["violence"], "reason": "x"}'
         ...  # point a client at stub.base_url
         assert stub.wait_for(lambda: stub.completed == 1)
+
+``held=True`` holds every answer until ``release()``: a test that needs
+requests in flight waits on the stub's counters, never on the clock. Each
+request's body is kept in ``requests`` (the prompts a judge was sent).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class StubLLM:
         hang: bool = False,
         chunk_delay_s: float = 0.0,
         stream_chunks: int = 4,
+        held: bool = False,
     ) -> None:
         self.latency_s = latency_s
         self.reply = reply
@@ -53,11 +58,16 @@ class StubLLM:
         self.hang = hang
         self.chunk_delay_s = chunk_delay_s
         self.stream_chunks = stream_chunks
+        self.held = held
+        self._gate: asyncio.Event | None = None  # lives in the server's loop
+        self._server_loop: asyncio.AbstractEventLoop | None = None
         # Records. Only the server thread writes them; tests read them.
         self.requests: list[dict[str, Any]] = []
         self.count = 0
         self.completed = 0
         self.cancelled = 0
+        self.in_flight = 0  # requests received and not yet answered
+        self.peak = 0  # the most requests ever in flight at once
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
@@ -70,10 +80,18 @@ class StubLLM:
             raise RuntimeError("StubLLM is not started")
         return f"http://127.0.0.1:{self._port}/v1"
 
+    def release(self) -> None:
+        """Answer every held request, and stop holding new ones."""
+        self.held = False
+        # A fresh gate for the next hold; requests already waiting keep this one.
+        gate, loop, self._gate = self._gate, self._server_loop, None
+        if gate is not None and loop is not None:
+            loop.call_soon_threadsafe(gate.set)
+
     def reset(self) -> None:
         """Forget recorded requests and counters (behaviour settings are kept)."""
         self.requests = []
-        self.count = self.completed = self.cancelled = 0
+        self.count = self.completed = self.cancelled = self.peak = 0
 
     def start(self) -> StubLLM:
         """Start serving in a background thread; return once the server accepts."""
@@ -159,7 +177,17 @@ class StubLLM:
             return
         self.requests.append(request)
         self.count += 1
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await self._answer(request, receive, send)
+        finally:
+            self.in_flight -= 1
 
+    async def _answer(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        if self.held and await self._held_until_released(receive):
+            self.cancelled += 1
+            return
         delay = None if self.hang else self.latency_s
         if (delay is None or delay > 0) and await _disconnected_within(receive, delay):
             self.cancelled += 1
@@ -176,6 +204,24 @@ class StubLLM:
             payload = json.dumps(_completion(request, self._reply_for(request))).encode()
         await _send(send, self.status, payload, self.headers)
         self.completed += 1
+
+    async def _held_until_released(self, receive: Receive) -> bool:
+        """Wait for ``release()``; True if the client hung up first."""
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = asyncio.Event()
+            self._server_loop = asyncio.get_running_loop()
+        if not self.held:  # released while the gate was being made
+            return False
+        listener = asyncio.ensure_future(receive())
+        released = asyncio.ensure_future(gate.wait())
+        try:
+            done, _ = await asyncio.wait({listener, released}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (listener, released):
+                if not waiter.done():
+                    waiter.cancel()
+        return released not in done and listener.result()["type"] == "http.disconnect"
 
     def _reply_for(self, request: dict[str, Any]) -> str:
         reply = self.reply

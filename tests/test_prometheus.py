@@ -211,6 +211,7 @@ def _policy(screen: StubLLM, panel: StubLLM, straggler: StubLLM, audit: Path) ->
         "  min_votes: 2\n"
         "  deadline_s: 10\n"
         "  on_no_quorum: block\n"
+        "  overturns: [screen, injection, pii]\n"  # pii flags are final unless listed
         f"audit: {{sink: file, path: '{audit}'}}\n"
     )
 

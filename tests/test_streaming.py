@@ -188,7 +188,7 @@ def test_flagged_answer_escalates_to_the_panel_at_the_output_stage(
         f"  a: {{type: llm, model: openai/judge-a, api_base: '{judge.base_url}'}}\n"
         "input: {screens: [{judge: pii}]}\n"
         "on_flag: vote\n"
-        "panel: {judges: [{judge: a}]}\n"
+        "panel: {judges: [{judge: a}], overturns: [pii]}\n"  # pii flags are final unless listed
         "output: {screens: [{judge: pii}]}\n"
     )
     with guarded_app(pol, upstream.base_url) as app:

@@ -2,16 +2,21 @@
 
 A judge that cannot give a verdict raises ``JudgeError``; the screening and
 panel runners turn that into a ``JudgeFailure`` value, so a failure is never
-mistaken for a pass.
+mistaken for a pass. A runner also sets a ``ConnectionWait`` for each call, so
+that time spent waiting for a free connection (reason ``pool``) is told apart
+from a slow judge (``timeout``).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 # Closed set: these become Prometheus label values.
-FailureReason = Literal["timeout", "http", "rate_limited", "parse", "internal"]
+FailureReason = Literal["timeout", "pool", "http", "rate_limited", "parse", "internal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +29,7 @@ class Verdict:
     score: float | None = None
     reason: str = ""
     latency_s: float = 0.0
+    queued_s: float = 0.0  # of latency_s, the time spent waiting for a free connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +40,53 @@ class JudgeFailure:
     reason: FailureReason
     detail: str = ""
     latency_s: float = 0.0
+    queued_s: float = 0.0  # of latency_s, the time spent waiting for a free connection
 
 
 JudgeResult = Verdict | JudgeFailure
+
+
+class ConnectionWait:
+    """How long one judge call waited for a free connection: the judge writes, its runner reads."""
+
+    __slots__ = ("_since", "waited_s")
+
+    def __init__(self) -> None:
+        self.waited_s = 0.0
+        self._since: float | None = None
+
+    def begin(self) -> None:
+        """The call found every connection busy and queued."""
+        self._since = time.perf_counter()
+
+    def end(self) -> None:
+        """The call got a connection."""
+        if self._since is not None:
+            self.waited_s += time.perf_counter() - self._since
+            self._since = None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the call is queued for a connection right now."""
+        return self._since is not None
+
+    def total_s(self) -> float:
+        """Time waited so far, including a wait still going on."""
+        ongoing = 0.0 if self._since is None else time.perf_counter() - self._since
+        return self.waited_s + ongoing
+
+    def starved(self, elapsed_s: float) -> bool:
+        """Whether a call that ran out of time lost it mostly to waiting for a connection.
+
+        A call that got its connection just before its deadline still failed
+        because of the pool, not because the judge was slow.
+        """
+        return self.waiting or self.total_s() >= elapsed_s / 2
+
+
+# Set by the runner around one judge call (each call runs in its own task or is
+# reset after), read by a network judge's connection pool.
+connection_wait: ContextVar[ConnectionWait | None] = ContextVar("connection_wait", default=None)
 
 
 class JudgeError(Exception):
@@ -64,3 +114,12 @@ class Judge(Protocol):
     async def screen(self, text: str) -> Verdict: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Askable(Protocol):
+    """A judge that can be asked about chosen categories (a chat model can; a regex cannot)."""
+
+    def asking(self, categories: Sequence[str]) -> Judge:
+        """This judge, asked about ``categories`` only; it shares its connections."""
+        ...

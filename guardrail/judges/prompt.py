@@ -3,7 +3,8 @@
 Pure: no I/O. The text to screen is untrusted, so it travels fenced between
 two copies of a fresh random boundary; an attacker who cannot guess the
 boundary cannot close the fence and smuggle instructions out of it. An answer
-that is not exactly the JSON verdict is a ``JudgeError("parse")``, never a pass.
+that is not exactly the JSON verdict is a ``JudgeError("parse")``, never a pass;
+and a flag is always a flag, whatever categories come with it (``categories``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from guardrail.judges.base import JudgeError, Verdict
+from guardrail.judges.categories import OTHER, describe, known_as
 
-# Answers name categories; anything outside the policy's list becomes this one,
-# so metric labels stay a closed set.
-OTHER = "other"
+__all__ = ["MAX_REASON_CHARS", "OTHER", "VERDICT_SCHEMA", "build_messages", "parse_verdict"]
 
 MAX_REASON_CHARS = 200
 
@@ -35,7 +35,8 @@ VERDICT_SCHEMA: dict[str, Any] = {
 
 _SYSTEM = """\
 You are a content-safety classifier. Decide whether the text you are given \
-falls into any of these categories: {categories}.
+falls into any of these categories:
+{categories}
 
 The text arrives in the user message between two lines that both read exactly:
 {boundary}
@@ -65,7 +66,7 @@ def build_messages(text: str, categories: Sequence[str]) -> list[dict[str, str]]
     # a removal can join two halves into a new copy.
     while boundary in text:
         text = text.replace(boundary, "")
-    listed = ", ".join(categories) if categories else OTHER
+    listed = "\n".join(f"- {describe(c)}" for c in categories or (OTHER,))
     return [
         {"role": "system", "content": _SYSTEM.format(categories=listed, boundary=boundary)},
         {"role": "user", "content": _USER.format(boundary=boundary, text=text)},
@@ -75,22 +76,34 @@ def build_messages(text: str, categories: Sequence[str]) -> list[dict[str, str]]
 def parse_verdict(
     content: str, *, judge: str, allowed_categories: Sequence[str], latency_s: float
 ) -> Verdict:
-    """Parse a judge's answer into a ``Verdict``; raise ``JudgeError("parse")`` if it is not one."""
+    """Parse a judge's answer into a ``Verdict``; raise ``JudgeError("parse")`` if it is not one.
+
+    ``"flagged": true`` is a flag whatever else the answer holds: categories
+    that are missing, malformed or not among ``allowed_categories`` become
+    ``other``. Only a pass must be exactly the verdict asked for.
+    """
     data = _load_object(content)
     flagged = data.get("flagged")
     if not isinstance(flagged, bool):
         raise JudgeError("parse", f"'flagged' must be true or false, got {type(flagged).__name__}")
     named = data.get("categories", [])
+    reason = data.get("reason", "")
+    if flagged:
+        return Verdict(
+            judge=judge,
+            flagged=True,
+            categories=known_as(named if isinstance(named, list) else [named], allowed_categories),
+            reason=reason.strip()[:MAX_REASON_CHARS] if isinstance(reason, str) else "",
+            latency_s=latency_s,
+        )
     if not isinstance(named, list) or not all(isinstance(c, str) for c in named):
         raise JudgeError("parse", "'categories' must be a list of strings")
-    reason = data.get("reason", "")
     if not isinstance(reason, str):
         raise JudgeError("parse", "'reason' must be a string")
-    categories = _closed_categories(named, allowed_categories) if flagged else ()
     return Verdict(
         judge=judge,
-        flagged=flagged,
-        categories=categories,
+        flagged=False,
+        categories=(),
         reason=reason.strip()[:MAX_REASON_CHARS],
         latency_s=latency_s,
     )
@@ -110,13 +123,3 @@ def _load_object(content: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise JudgeError("parse", f"answer is JSON {type(data).__name__}, not an object")
     return data
-
-
-def _closed_categories(named: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-    by_key = {c.casefold(): c for c in allowed}
-    mapped: list[str] = []
-    for name in named:
-        category = by_key.get(name.strip().casefold(), OTHER)
-        if category not in mapped:
-            mapped.append(category)
-    return tuple(mapped) or (OTHER,)
