@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from guardrail.reach import overlap_problems
 from guardrail.voting import QuorumRule, Seat, validate
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ def problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
                 yield loc, f"unknown judge '{screen.judge}'; the policy defines: {known}"
         if policy.output.overlap_chars >= policy.output.window_chars:
             yield ("output", "overlap_chars"), "the overlap must be smaller than window_chars"
+        yield from overlap_problems(policy)
     uses_panel = policy.on_flag == "vote" or policy.on_error == "vote"
     if uses_panel and policy.panel is None:
         field = "on_flag" if policy.on_flag == "vote" else "on_error"

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from guardrail.adapters.answer import AnswerParts
+
 
 class BadRequest(Exception):
     """A guarded request we cannot screen; ``code`` is a closed-set reason for metrics."""
@@ -60,7 +62,19 @@ class Adapter(Protocol):
 
     def event_text(self, data: str) -> str: ...
 
-    def stream_refusal(self, request: ChatRequest, *, message: str) -> bytes: ...
+    def answer_parts(self, body: bytes) -> AnswerParts: ...
+
+    def event_parts(self, data: str) -> AnswerParts | None: ...
+
+    def stream_refusal(
+        self,
+        request: ChatRequest,
+        *,
+        message: str,
+        ident: str | None = None,
+        model: str | None = None,
+        newline: bool = False,
+    ) -> bytes: ...
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
