@@ -1,6 +1,7 @@
 """Measure what the screening call's client costs, in CPU per call.
 
-    python bench/client_cost.py [--calls 2000] [--concurrency 32] [--litellm-calls 1000]
+    .venv/bin/python bench/client_cost.py [--calls 2000] [--concurrency 32] [--litellm-calls 1000]
+    .venv/bin/python bench/client_cost.py --quick
 
 A zero-latency StubLLM answers on 127.0.0.1. It runs in a child process, so
 ``time.process_time()`` in this process counts the client's work only (every
@@ -14,18 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import Column, CpuMeter, Stub, Table, closed_loop, machine_line, percentile
+
 # Before anything imports litellm: no price-map download (there is no network).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -34,33 +31,13 @@ CATEGORIES = ("violence", "self_harm", "hate")
 TEXT = "What is the capital of France?"
 
 
-def serve_stub(conn: Connection) -> None:
-    """Child process: run the stub until the parent says stop."""
-    from tests.stub_llm import StubLLM
-
-    with StubLLM() as stub:
-        conn.send(stub.base_url)
-        conn.recv()
-
-
-async def measure(call: Call, calls: int, concurrency: int) -> tuple[float, float]:
-    """Run ``calls`` calls, ``concurrency`` at a time; return (CPU ms/call, wall p50 ms)."""
-    walls: list[float] = []
-    remaining = calls
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            started = time.perf_counter()
-            await call()
-            walls.append(time.perf_counter() - started)
-
-    cpu = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+async def measure(call: Call, calls: int, concurrency: int) -> tuple[float, float, int]:
+    """Run ``calls`` calls, ``concurrency`` at a time; (CPU ms/call, wall p50 ms, failures)."""
+    meter = CpuMeter()  # this process only: the stub is another one
+    load = await closed_loop(call, calls, concurrency)
     await asyncio.sleep(0.2)  # let deferred client work (logging callbacks) land in this row
-    cpu = time.process_time() - cpu
-    return cpu / calls * 1000, statistics.median(walls) * 1000
+    cpu = meter.stop()
+    return cpu.own_s / calls * 1000, percentile(load.latencies, 50) * 1000, load.failures
 
 
 async def variants(base_url: str) -> list[tuple[str, Call | None, Callable[[], Awaitable[None]]]]:
@@ -156,43 +133,57 @@ async def variants(base_url: str) -> list[tuple[str, Call | None, Callable[[], A
     ]
 
 
-async def run(base_url: str, calls: int, litellm_calls: int, concurrency: int) -> None:
-    rows = await variants(base_url)
-    print(f"{'variant':<26} {'calls':>6} {'CPU ms/call':>12} {'wall p50 ms':>12}")
-    for name, call, close in rows:
+async def run(base_url: str, calls: int, litellm_calls: int, concurrency: int) -> int:
+    table = Table(
+        [
+            Column("variant", 26),
+            Column("calls", 6, "d"),
+            Column("CPU ms/call", 12, ".3f"),
+            Column("wall p50 ms", 12, ".2f"),
+            Column("fail", 4, "d"),
+        ]
+    )
+    failed = 0
+    for name, call, close in await variants(base_url):
         if call is None:
-            print(f"{name:<26} {'-':>6} {'unavailable':>12} {'-':>12}")
+            table.add(name, None, None, None, None)
             continue
         n = litellm_calls if "litellm" in name else calls
-        await measure(call, max(concurrency, n // 5), concurrency)  # warm-up
-        cpu_ms, p50_ms = await measure(call, n, concurrency)
-        print(f"{name:<26} {n:>6} {cpu_ms:>12.3f} {p50_ms:>12.2f}", flush=True)
+        await closed_loop(call, max(concurrency, n // 5), concurrency, warm_up=True)
+        cpu_ms, p50_ms, failures = await measure(call, n, concurrency)
+        print(f"  {name:<26} {n:>6} calls  {cpu_ms:7.3f} CPU ms/call  {p50_ms:6.2f} ms p50")
+        table.add(name, n, cpu_ms, p50_ms, failures)
+        failed += failures
         await close()
+    table.print(
+        f"concurrency {concurrency}. CPU ms/call: this process's CPU (every thread) per call;"
+        " the stub runs in a child process. '-': that client is not installed."
+    )
+    return failed
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--litellm-calls", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--quick", action="store_true", help="200 calls per client (100 through litellm)"
+    )
     args = parser.parse_args()
-
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    server = context.Process(target=serve_stub, args=(child,), daemon=True)
-    server.start()
+    if args.quick:
+        args.calls, args.litellm_calls = 200, 100
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    stub = Stub("stub")  # zero latency, in a child process
     try:
-        base_url = parent.recv()
-        started = time.perf_counter()
-        asyncio.run(run(base_url, args.calls, args.litellm_calls, args.concurrency))
-        print(
-            f"(concurrency {args.concurrency}, stub in a child process, "
-            f"total {time.perf_counter() - started:.0f} s)"
-        )
+        failed = asyncio.run(run(stub.base_url, args.calls, args.litellm_calls, args.concurrency))
     finally:
-        parent.send("stop")
-        server.join(timeout=10)
+        stub.stop()
+    print(machine_line(load_before, started, "the stub in a child process, the clients here."))
+    if failed:
+        print(f"FAILED: {failed} calls failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

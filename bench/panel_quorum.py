@@ -1,9 +1,10 @@
 """Measure the judge panel's early stop: a vote that ends once it is settled.
 
     .venv/bin/python bench/panel_quorum.py [--rounds N] [--baseline-rounds M] [--requests K]
+    .venv/bin/python bench/panel_quorum.py --quick   # 3 rounds, 2 baseline rounds, 3 requests
 
 Everything runs on 127.0.0.1. Five LLM judges, each a StubLLM in its own child
-process (``guarded_latency.Stub``), answer "unsafe" after 100, 150, 200, 250
+process (``harness.Stub``), answer "unsafe" after 100, 150, 200, 250
 and 3000 ms. Their policy (a temp YAML file: the local injection screen, whose
 flag goes to the five-judge panel with ``on_flag: vote``) is loaded with
 ``load_policy`` and built with ``Guard.build``: the same code path as the
@@ -18,7 +19,7 @@ middleware.
    closed before the answer.
 2. Time to refusal: the example app (``examples/chat_app.py``, its upstream a
    StubLLM answering after 1000 ms) served by uvicorn in a subprocess
-   (``guarded_latency.AppServer``), guarded by the majority policy. K injection
+   (``harness.Server``), guarded by the majority policy. K injection
    requests, one at a time, must each be refused (HTTP 200, finish_reason
    content_filter) and the app's upstream call cancelled; the bare app's p50
    for a benign request with the same upstream is the comparison.
@@ -36,29 +37,31 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-from guarded_latency import (  # noqa: E402
+from harness import (
     ANSWER,
-    AppServer,
-    Row,
+    CHAT_PATH,
+    Server,
     Stub,
+    ask,
+    client_session,
+    closed_loop,
+    counter_delta,
     decisions_delta,
     histogram_delta,
-    post_all,
+    machine_line,
+    percentile,
+    policy_file,
     scrape,
 )
+
+# Before anything imports litellm: no price-map download (there is no network).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 JUDGE_LATENCIES_MS = (100, 150, 200, 250, 3000)
 SLOWEST_MS = max(JUDGE_LATENCIES_MS)
@@ -182,7 +185,7 @@ class PanelRun:
 
     @property
     def p50_ms(self) -> float:
-        return statistics.median(self.times_ms)
+        return percentile(self.times_ms, 50)
 
     @property
     def max_ms(self) -> float:
@@ -215,9 +218,11 @@ async def run_panel(
             outcome = await panel.convene(INJECTION)
             # The slow stub must see its request end: cancelled (early) or answered.
             sent = before[slow]["count"]
-            after, settled = await settled_counters(
-                judges, lambda c, sent=sent: c[slow]["count"] > sent
-            )
+
+            def slow_seen(c: Counters, sent: int = sent) -> bool:
+                return c[slow]["count"] > sent
+
+            after, settled = await settled_counters(judges, slow_seen)
             change = delta(after, before)
             r = Round(
                 panel_ms=outcome.duration_s * 1000,
@@ -326,24 +331,24 @@ async def refuse_one(session: Any, url: str) -> tuple[float, str | None]:
 
 async def run_refusals(
     session: Any,
-    guarded: AppServer,
-    bare: AppServer,
+    guarded: Server,
+    bare: Server,
     app_stub: Stub,
     judges: dict[str, Stub],
     k: int,
     checks: Checks,
 ) -> RefusalRun:
     out = RefusalRun()
-    url = guarded.url + "/v1/chat/completions"
+    url = guarded.url + CHAT_PATH
     slow = judge_name(SLOWEST_MS)
     stubs = {"app": app_stub, **judges}
     print(f"time to refusal: {k} injection requests, one at a time", flush=True)
     # Warm-up, not measured: the server's judge sessions, the bare app's upstream pool.
     _, problem = await refuse_one(session, url)
     checks.expect(problem is None, f"refusal warm-up: {problem}")
-    await post_all(session, bare.url + "/v1/chat/completions", 1, 1, None)
+    await ask(session, bare.url + CHAT_PATH)
     before, _ = await settled_counters(stubs)
-    metrics_before = await scrape(session, guarded)
+    metrics_before = await scrape(session, guarded.url)
     for i in range(k):
         elapsed, problem = await refuse_one(session, url)
         out.refusal_ms.append(elapsed * 1000)
@@ -359,23 +364,18 @@ async def run_refusals(
     change = delta(after, before)
     out.app_stub, out.slow_stub = change["app"], change[slow]
     await asyncio.sleep(0.05)  # the last record is written after the last byte
-    metrics_after = await scrape(session, guarded)
+    metrics_after = await scrape(session, guarded.url)
     out.decisions = decisions_delta(metrics_before, metrics_after)
-    out.app_cancelled_metric = sum(
-        value - metrics_before.get(key, 0.0)
-        for key, value in metrics_after.items()
-        if key[0] == "guardrail_app_cancelled_total" and ("reason", "blocked") in key[1]
-    )
+    out.app_cancelled_metric = counter_delta(
+        metrics_before, metrics_after, "guardrail_app_cancelled_total", "reason"
+    ).get("blocked", 0.0)
     total, count, _ = histogram_delta(
         metrics_before, metrics_after, "guardrail_panel_duration_seconds"
     )
     out.panel_mean_ms = total / count * 1000 if count else math.nan
-    for key, value in metrics_after.items():
-        if key[0] == "guardrail_panel_duration_seconds_count":
-            n = value - metrics_before.get(key, 0.0)
-            if n:
-                ended = dict(key[1])["ended"]
-                out.panel_ended[ended] = out.panel_ended.get(ended, 0.0) + n
+    out.panel_ended = counter_delta(
+        metrics_before, metrics_after, "guardrail_panel_duration_seconds_count", "ended"
+    )
     print(
         f"  app stub: {out.app_stub}  {slow} stub: {out.slow_stub}  decisions {out.decisions}"
         f"  panel ended {out.panel_ended}",
@@ -400,15 +400,14 @@ async def run_refusals(
     )
 
     print(f"bare app: {k} benign requests, one at a time, upstream {APP_LATENCY_S * 1000:.0f} ms")
-    row = Row("bare", "bare", 1, k)
-    latencies, _ = await post_all(session, bare.url + "/v1/chat/completions", k, 1, row)
-    out.bare_ms = [s * 1000 for s in latencies]
+    load = await closed_loop(lambda: ask(session, bare.url + CHAT_PATH), k, 1)
+    out.bare_ms = [s * 1000 for s in load.latencies]
     print(
-        f"  bare p50 {statistics.median(out.bare_ms):7.1f} ms  max {max(out.bare_ms):7.1f} ms"
-        f"  failures {row.failures} {row.failure_examples or ''}",
+        f"  bare p50 {percentile(out.bare_ms, 50):7.1f} ms  max {max(out.bare_ms):7.1f} ms"
+        f"  failures {load.failures} {load.examples or ''}",
         flush=True,
     )
-    checks.expect(row.failures == 0, f"bare app: {row.failures} failures {row.failure_examples}")
+    checks.expect(load.failures == 0, f"bare app: {load.failures} failures {load.examples}")
     return out
 
 
@@ -439,7 +438,7 @@ def print_summary(early: PanelRun, waited: PanelRun, refusals: RefusalRun) -> No
     )
     ref, bare = refusals.refusal_ms, refusals.bare_ms
     if ref and bare:
-        ref50, bare50 = statistics.median(ref), statistics.median(bare)
+        ref50, bare50 = percentile(ref, 50), percentile(bare, 50)
         print(
             f"{'HTTP: time to refusal (guarded, blocked)':<40} {len(ref):>3} {ref50:>8.1f}"
             f" {max(ref):>8.1f} {ref50 / SLOWEST_MS:>8.3f} {ref50 / THIRD_MS:>8.3f}"
@@ -467,34 +466,27 @@ def print_summary(early: PanelRun, waited: PanelRun, refusals: RefusalRun) -> No
 
 
 async def bench(args: argparse.Namespace, checks: Checks) -> tuple[PanelRun, PanelRun, RefusalRun]:
-    import aiohttp
-
-    judges: dict[str, Stub] = {}
-    app_stub: Stub | None = None
-    servers: list[AppServer] = []
-    files: list[str] = []
-    try:
+    with ExitStack() as stack:
+        judges: dict[str, Stub] = {}
         for ms in JUDGE_LATENCIES_MS:
-            stub = judges[judge_name(ms)] = Stub(judge_name(ms), reply=UNSAFE)
-            stub.set_latency(ms / 1000)
-        app_stub = Stub("app", reply=ANSWER)
-        app_stub.set_latency(APP_LATENCY_S)
+            stub = judges[judge_name(ms)] = Stub(judge_name(ms), reply=UNSAFE, latency_s=ms / 1000)
+            stack.callback(stub.stop)
+        app_stub = Stub("app", reply=ANSWER, latency_s=APP_LATENCY_S)
+        stack.callback(app_stub.stop)
         urls = {ms: judges[judge_name(ms)].base_url for ms in JUDGE_LATENCIES_MS}
-        for quorum in ("majority", "unanimous_block"):
-            with tempfile.NamedTemporaryFile(
-                "w", prefix=f"bench-panel-{quorum}-", suffix=".yaml", delete=False
-            ) as f:
-                f.write(policy_text(urls, quorum))
-            files.append(f.name)
-        majority_path, unanimous_path = files
+        majority_path, unanimous_path = (
+            stack.enter_context(
+                policy_file(policy_text(urls, quorum), prefix=f"bench-panel-{quorum}-")
+            )
+            for quorum in ("majority", "unanimous_block")
+        )
         # Both servers start now, while nothing is measured; idle, they cost nothing.
-        servers.append(AppServer("bare", app_stub.base_url, "bare"))
-        servers.append(AppServer("guarded", app_stub.base_url, majority_path))
-        bare, guarded = servers
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=2), timeout=aiohttp.ClientTimeout(total=30)
-        ) as session:
-            for server in servers:
+        bare = Server("bare", upstream_url=app_stub.base_url)
+        stack.callback(bare.stop)
+        guarded = Server("guarded", policy=majority_path, upstream_url=app_stub.base_url)
+        stack.callback(guarded.stop)
+        async with client_session(2) as session:
+            for server in (bare, guarded):
                 await server.ready(session)
             early = await run_panel(
                 "majority (early stop)",
@@ -518,14 +510,6 @@ async def bench(args: argparse.Namespace, checks: Checks) -> tuple[PanelRun, Pan
                 session, guarded, bare, app_stub, judges, args.requests, checks
             )
         return early, waited, refusals
-    finally:
-        for server in servers:
-            server.stop()
-        for stub in [*judges.values(), app_stub]:
-            if stub is not None:
-                stub.stop()
-        for name in files:
-            os.unlink(name)
 
 
 def main() -> int:
@@ -540,7 +524,12 @@ def main() -> int:
     parser.add_argument(
         "--requests", type=int, default=10, help="injection requests over HTTP (default 10)"
     )
+    parser.add_argument(
+        "--quick", action="store_true", help="--rounds 3 --baseline-rounds 2 --requests 3"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.baseline_rounds, args.requests = 3, 2, 3
     if args.baseline_rounds is None:
         args.baseline_rounds = min(args.rounds, 10)
     if min(args.rounds, args.baseline_rounds, args.requests) < 1:
@@ -549,12 +538,12 @@ def main() -> int:
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     early, waited, refusals = asyncio.run(bench(args, checks))
     print_summary(early, waited, refusals)
-    cores = os.cpu_count()
     print(
-        f"machine: {cores} cores ({len(os.sched_getaffinity(0))} usable), Python"
-        f" {sys.version.split()[0]}, load average {load_before:.2f} before,"
-        f" {os.getloadavg()[0]:.2f} after; six stub processes, two app servers and this"
-        f" process on the same cores. Total {time.perf_counter() - started:.0f} s."
+        machine_line(
+            load_before,
+            started,
+            "six stub processes, two app servers and this process on the same cores.",
+        )
     )
     for note in checks.notes:
         print(f"note {note}")

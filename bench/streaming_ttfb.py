@@ -1,15 +1,15 @@
 """Measure time to first byte of a streamed answer: bare, guarded, and with output screens.
 
-    .venv/bin/python bench/streaming_ttfb.py [--requests N]
+    .venv/bin/python bench/streaming_ttfb.py [--requests N] [--quick]
 
-Everything runs on 127.0.0.1, each part in its own process (the helpers of
-``guarded_latency``: ``Stub`` children, ``AppServer`` subprocesses):
+Everything runs on 127.0.0.1, each part in its own process (``harness``:
+``Stub`` children, ``Server`` subprocesses):
 
 - the app's model: a StubLLM that streams (``"stream": true``) an 800-char
   reply in 8 chunks of 100 chars, the first after 200 ms, then one every 50 ms
   (the last at ~550 ms);
 - the input screen's LLM judge: a StubLLM answering after 150 ms (with the
-  local injection and pii judges: ``guarded_latency.GUARDED_POLICY``);
+  local injection and pii judges: ``harness.GUARDED_POLICY``);
 - the output screen's LLM judge: a third StubLLM answering after 100 ms;
 - the example app (``examples/chat_app.py``) under uvicorn, one server per
   variant: bare; guarded, input screens only; guarded with output screens in
@@ -40,28 +40,31 @@ import asyncio
 import json
 import math
 import os
-import statistics
 import sys
-import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from guarded_latency import (  # noqa: E402
+from harness import (
+    CHAT_PATH,
     GUARDED_POLICY,
-    QUESTION,
-    AppServer,
+    Column,
+    CpuMeter,
+    Refused,
+    Server,
     Stub,
-    _fmt,
+    Table,
+    chat_request,
+    client_session,
+    closed_loop,
     decisions_delta,
     histogram_delta,
     machine_line,
+    percentile,
+    policy_file,
+    ratio,
+    report_failures,
     scrape,
 )
 
@@ -86,9 +89,7 @@ REPLY = (
 )
 assert len(REPLY) == 800, len(REPLY)
 CHUNK_CHARS = -(-len(REPLY) // CHUNKS)  # how StubLLM cuts it
-STREAM_REQUEST = json.dumps(
-    {"model": "m", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
-).encode()
+STREAM_REQUEST = chat_request(stream=True)
 FIRST_BYTE = "guardrail_time_to_first_byte_seconds"
 WINDOWS = "guardrail_output_windows_total"
 
@@ -195,7 +196,7 @@ def has_content(data: bytes) -> bool:
 
 
 async def stream_one(session: Any, url: str) -> Timing:
-    """POST one streamed request; raise ``ValueError`` if the stream is not whole."""
+    """POST one streamed request; raise ``Refused`` if the stream is not whole."""
     started = time.perf_counter()
     first_byte = first_content = done = math.nan
     body = pending = b""
@@ -221,10 +222,10 @@ async def stream_one(session: Any, url: str) -> Timing:
         total = time.perf_counter() - started
         status, ctype = resp.status, resp.headers.get("content-type", "")
     if status != 200 or not ctype.startswith("text/event-stream"):
-        raise ValueError(f"HTTP {status} {ctype}: {body[:200]!r}")
+        raise Refused(f"HTTP {status} {ctype}: {body[:200]!r}")
     problem = check_events(body)
     if problem is not None:
-        raise ValueError(problem)
+        raise Refused(problem)
     return Timing(headers, first_byte, first_content, done, total)
 
 
@@ -245,56 +246,30 @@ class Row:
     decisions: dict[str, float] = field(default_factory=dict)
 
     def q(self, attr: str, p: int) -> float:
-        values: list[float] = [getattr(t, attr) * 1000 for t in self.timings]
-        if not values:
-            return math.nan
-        if p == 50:
-            return statistics.median(values)
-        return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+        return percentile([getattr(t, attr) * 1000 for t in self.timings], p)
 
 
-async def post_streams(
-    session: Any, url: str, n: int, concurrency: int, row: Row | None
-) -> list[Timing]:
-    """``n`` streamed requests, ``concurrency`` at a time; failures go to ``row``."""
-    import aiohttp
-
-    timings: list[Timing] = []
-    remaining = n
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            try:
-                timings.append(await stream_one(session, url))
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-                if row is None:
-                    raise RuntimeError(f"warm-up request failed: {problem}") from exc
-                row.failures += 1
-                if len(row.failure_examples) < 3:
-                    row.failure_examples.append(problem)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return timings
-
-
-async def run_variant(session_factory: Any, server: AppServer, row: Row) -> Row:
-    url = server.url + "/v1/chat/completions"
+async def run_variant(server: Server, row: Row) -> Row:
+    url = server.url + CHAT_PATH
     guarded = row.variant.guarded
-    async with session_factory(row.concurrency) as session:
+    async with client_session(row.concurrency) as session:
+
+        async def one() -> Timing:
+            return await stream_one(session, url)
+
         # Warm-up, not measured: connections, the judges' sessions.
-        await post_streams(session, url, max(3, row.concurrency), row.concurrency, None)
+        await closed_loop(one, max(3, row.concurrency), row.concurrency, warm_up=True)
         # A request is counted a few loop turns after its last byte: let the last one land.
         await asyncio.sleep(0.05)
-        before = await scrape(session, server) if guarded else {}
-        cpu = server.cpu_s()
-        row.timings = await post_streams(session, url, row.requests, row.concurrency, row)
-        row.cpu_ms = (server.cpu_s() - cpu) / row.requests * 1000
+        before = await scrape(session, server.url) if guarded else {}
+        meter = CpuMeter(app=[server.pid])
+        load = await closed_loop(one, row.requests, row.concurrency)
+        row.cpu_ms = meter.stop().per_request_ms("app", row.requests)
+        row.timings = load.results
+        row.failures, row.failure_examples = load.failures, load.examples
         if guarded:
             await asyncio.sleep(0.05)  # the last record is written after the last byte
-            after = await scrape(session, server)
+            after = await scrape(session, server.url)
             total, count, _ = histogram_delta(before, after, FIRST_BYTE)
             if count:
                 row.mw_ttfb_ms = total / count * 1000
@@ -320,36 +295,59 @@ async def run_variant(session_factory: Any, server: AppServer, row: Row) -> Row:
 
 def print_table(rows: list[Row]) -> None:
     base_ms = max(APP_FIRST_S, INPUT_SCREEN_S) * 1000
-    header = (
-        f"{'variant':<21} {'c':>2} {'n':>3} {'hdrs p50':>8} {'TTFB p50':>8} {'p99':>6}"
-        f" {'content p50':>11} {'p99':>6} {'DONE p50':>8} {'total p50':>9} {'p99':>6}"
-        f" {'model ttfb/total':>16} {'ttfb/max':>8} {'hb ttfb':>7} {'hb total':>8}"
-        f" {'mw ttfb':>7} {'win/req':>7} {'cpu ms':>6} {'fail':>4}"
+    table = Table(
+        [
+            Column("variant", 21),
+            Column("c", 2, "d"),
+            Column("n", 3, "d"),
+            Column("hdrs p50", 8, ".1f"),
+            Column("TTFB p50", 8, ".1f"),
+            Column("p99", 6, ".1f"),
+            Column("content p50", 11, ".1f"),
+            Column("p99", 6, ".1f"),
+            Column("DONE p50", 8, ".1f"),
+            Column("total p50", 9, ".1f"),
+            Column("p99", 6, ".1f"),
+            Column("model ttfb/total", 16, ">"),
+            Column("ttfb/max", 8, ".3f"),
+            Column("hb ttfb", 7, "+.1f"),
+            Column("hb total", 8, "+.1f"),
+            Column("mw ttfb", 7, ".1f"),
+            Column("win/req", 7, ".2f"),
+            Column("cpu ms", 6, ".2f"),
+            Column("fail", 4, "d"),
+        ]
     )
-    print()
-    print(header)
-    print("-" * len(header))
     guarded_by_c = {r.concurrency: r for r in rows if r.variant.guarded and r.variant.mode is None}
     for r in rows:
         model_ttfb, model_total = r.variant.model_ms()
-        ratio = r.q("first_byte", 50) / base_ms if r.variant.guarded else None
         hb_ttfb = hb_total = None
         ref = guarded_by_c.get(r.concurrency)
         if r.variant.mode is not None and ref is not None:
             hb_ttfb = r.q("first_byte", 50) - ref.q("first_byte", 50)
             hb_total = r.q("total", 50) - ref.q("total", 50)
-        print(
-            f"{r.variant.name:<21} {r.concurrency:>2} {r.requests:>3}"
-            f" {r.q('headers', 50):>8.1f} {r.q('first_byte', 50):>8.1f}"
-            f" {r.q('first_byte', 99):>6.1f} {r.q('first_content', 50):>11.1f}"
-            f" {r.q('first_content', 99):>6.1f} {r.q('done', 50):>8.1f}"
-            f" {r.q('total', 50):>9.1f} {r.q('total', 99):>6.1f}"
-            f" {f'{model_ttfb:.0f}/{model_total:.0f}':>16} {_fmt(ratio, '.3f'):>8}"
-            f" {_fmt(hb_ttfb, '+.1f'):>7} {_fmt(hb_total, '+.1f'):>8}"
-            f" {_fmt(r.mw_ttfb_ms, '.1f'):>7} {_fmt(r.windows_per_request, '.2f'):>7}"
-            f" {r.cpu_ms:>6.2f} {r.failures:>4}"
+        table.add(
+            r.variant.name,
+            r.concurrency,
+            r.requests,
+            r.q("headers", 50),
+            r.q("first_byte", 50),
+            r.q("first_byte", 99),
+            r.q("first_content", 50),
+            r.q("first_content", 99),
+            r.q("done", 50),
+            r.q("total", 50),
+            r.q("total", 99),
+            f"{model_ttfb:.0f}/{model_total:.0f}",
+            ratio(r.q("first_byte", 50), base_ms) if r.variant.guarded else None,
+            hb_ttfb,
+            hb_total,
+            r.mw_ttfb_ms,
+            r.windows_per_request,
+            r.cpu_ms,
+            r.failures,
         )
-    print(
+    table.print(
         "All times in ms from the client's POST. hdrs: response headers received. TTFB: first"
         " non-empty body read. content: first SSE event with content text complete. DONE:"
         " data: [DONE] received. total: end of the body. model: TTFB/total the stub timings"
@@ -366,39 +364,29 @@ def print_table(rows: list[Row]) -> None:
 
 
 async def bench(args: argparse.Namespace) -> list[Row]:
-    import aiohttp
-
-    def session_factory(concurrency: int) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=concurrency),
-            timeout=aiohttp.ClientTimeout(total=30),
-        )
-
     rows: list[Row] = []
-    stubs: list[Stub] = []
-    servers: dict[Variant, AppServer] = {}
-    policy_files: list[str] = []
-    try:
-        app_stub = Stub("app", reply=REPLY)
-        stubs.append(app_stub)
-        judge_stub = Stub("input judge")  # default reply: not flagged
-        stubs.append(judge_stub)
-        out_stub = Stub("output judge")
-        stubs.append(out_stub)
-        app_stub.configure(latency_s=APP_FIRST_S, chunk_delay_s=CHUNK_DELAY_S, stream_chunks=CHUNKS)
-        judge_stub.configure(latency_s=INPUT_SCREEN_S)
-        out_stub.configure(latency_s=OUTPUT_JUDGE_S)
+    with ExitStack() as stack:
+        app_stub = Stub(
+            "app",
+            reply=REPLY,
+            latency_s=APP_FIRST_S,
+            chunk_delay_s=CHUNK_DELAY_S,
+            stream_chunks=CHUNKS,
+        )
+        stack.callback(app_stub.stop)
+        judge_stub = Stub("input judge", latency_s=INPUT_SCREEN_S)  # default reply: not flagged
+        stack.callback(judge_stub.stop)
+        out_stub = Stub("output judge", latency_s=OUTPUT_JUDGE_S)
+        stack.callback(out_stub.stop)
+        servers: dict[Variant, Server] = {}
         for variant in VARIANTS:
             policy = "bare"
             if variant.guarded:
-                with tempfile.NamedTemporaryFile(
-                    "w", prefix="bench-stream-", suffix=".yaml", delete=False
-                ) as f:
-                    f.write(policy_text(judge_stub.base_url, out_stub.base_url, variant))
-                policy = f.name
-                policy_files.append(policy)
-            servers[variant] = AppServer(variant.name, app_stub.base_url, policy)
-        async with session_factory(4) as session:
+                text = policy_text(judge_stub.base_url, out_stub.base_url, variant)
+                policy = stack.enter_context(policy_file(text, prefix="bench-stream-"))
+            servers[variant] = Server(variant.name, policy=policy, upstream_url=app_stub.base_url)
+            stack.callback(servers[variant].stop)
+        async with client_session(4) as session:
             for server in servers.values():
                 await server.ready(session)
 
@@ -406,19 +394,11 @@ async def bench(args: argparse.Namespace) -> list[Row]:
         for concurrency, n in ((1, n1), (8, n8)):
             print(f"concurrency {concurrency}, {n} requests per variant")
             for variant in VARIANTS:
-                row = Row(variant, concurrency, n)
-                rows.append(await run_variant(session_factory, servers[variant], row))
-        for stub in stubs:
+                rows.append(await run_variant(servers[variant], Row(variant, concurrency, n)))
+        for stub in (app_stub, judge_stub, out_stub):
             counters = stub.counters()
             if counters["cancelled"]:
                 print(f"note: the {stub.name} stub saw {counters['cancelled']} requests cancelled")
-    finally:
-        for server in servers.values():
-            server.stop()
-        for stub in stubs:
-            stub.stop()
-        for name in policy_files:
-            os.unlink(name)
     return rows
 
 
@@ -431,7 +411,10 @@ def main() -> int:
         help="streamed requests per variant at concurrency 1 (default 15); twice as many"
         " at concurrency 8",
     )
+    parser.add_argument("--quick", action="store_true", help="--requests 4")
     args = parser.parse_args()
+    if args.quick:
+        args.requests = 4
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rows = asyncio.run(bench(args))
     print_table(rows)
@@ -443,12 +426,13 @@ def main() -> int:
             " and this client share the cores.",
         )
     )
-    failed = [r for r in rows if r.failures]
-    for r in failed:
-        print(f"FAILED {r.variant.name} c={r.concurrency}: {r.failures} failures")
-        for example in r.failure_examples:
-            print(f"    {example}")
-    return 1 if failed else 0
+    return report_failures(
+        {
+            f"{r.variant.name} c={r.concurrency}: {r.failures} failures": r.failure_examples
+            for r in rows
+            if r.failures
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The middleware's own ceiling: a near-free chat app, bare vs guarded, over real HTTP.
 
-    .venv/bin/python bench/throughput.py [--requests N] [--serial M] [--max-clients K]
+    .venv/bin/python bench/throughput.py [--requests N] [--serial M] [--max-clients K] [--quick]
     .venv/bin/python bench/throughput.py --profile N   # in this process, no HTTP: cProfile
 
 ``guarded_latency.py`` serves the example app, whose ``openai`` SDK costs
@@ -8,14 +8,14 @@
 almost nothing: ``chat_app`` below is raw ASGI that reads the body and answers
 ``POST /v1/chat/completions`` with one fixed OpenAI chat completion, no
 upstream. Three variants, each its own uvicorn server in a subprocess (one
-worker, ``--no-access-log``, ``--log-level warning``; ``guarded_latency.AppServer``):
+worker, ``--no-access-log``, ``--log-level warning``; ``harness.Server``):
 
 - ``bare``: the app alone;
 - ``guarded-local``: ``GuardrailMiddleware(app, policy="default",
   registry=CollectorRegistry())``, the embedded local-only policy;
-- ``guarded-llm``: ``guarded_latency.GUARDED_POLICY`` (an LLM judge plus the
+- ``guarded-llm``: ``harness.GUARDED_POLICY`` (an LLM judge plus the
   local injection and pii judges), its judge a zero-latency StubLLM in a child
-  process (``guarded_latency.Stub``): adds the judge's HTTP call.
+  process (``harness.Stub``): adds the judge's HTTP call.
 
 Each under uvicorn's ``--loop asyncio --http h11`` and, when ``uvloop`` and
 ``httptools`` can be imported (they are not dependencies of the project:
@@ -57,38 +57,40 @@ import math
 import multiprocessing
 import os
 import pstats
-import statistics
 import sys
-import tempfile
 import time
+from collections.abc import MutableMapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from guarded_latency import (  # noqa: E402
+from harness import (
     ADDED,
     ANSWER,
+    CHAT_PATH,
     GUARDED_POLICY,
-    REQUEST,
-    AppServer,
+    Column,
+    CpuMeter,
+    Refused,
+    Server,
     Stub,
-    _cpu_seconds,
-    _fmt,
-    _machine_busy_s,
+    Table,
+    chat_request,
+    closed_loop,
     decisions_delta,
     histogram_delta,
     histogram_quantile,
     machine_line,
+    percentile,
+    policy_file,
+    ratio,
+    report_failures,
     scrape,
 )
 
-CHAT_PATH = "/v1/chat/completions"
+REQUEST = chat_request()
 COMPLETION = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -116,7 +118,7 @@ BUSY = 90.0  # % of one core from which a process counts as the limit
 # --- the app under test (in the uvicorn subprocess) --------------------------
 
 
-async def chat_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def chat_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     """Raw ASGI: a fixed chat completion for POST /v1/chat/completions; /health; else 404."""
     if scope["type"] == "lifespan":
         while True:
@@ -173,48 +175,34 @@ async def _load_job(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
-        problems: list[str] = []
-        await _post_many(session, job["url"], job["warm_up"], job["concurrency"], [], problems)
-        conn.send({"error": problems[0]} if problems else "ready")
-        if problems or conn.recv() != "go":
+
+        async def one() -> None:
+            async with session.post(
+                job["url"], data=REQUEST, headers={"content-type": "application/json"}
+            ) as resp:
+                body = await resp.read()
+            if resp.status != 200 or body != COMPLETION:
+                raise Refused(f"HTTP {resp.status}: {body[:200]!r}")
+
+        try:
+            await closed_loop(one, job["warm_up"], job["concurrency"], warm_up=True)
+        except RuntimeError as exc:
+            conn.send({"error": str(exc)})
             return {}
-        latencies: list[float] = []
+        conn.send("ready")
+        if conn.recv() != "go":
+            return {}
         cpu, start = time.process_time(), time.monotonic()
-        await _post_many(session, job["url"], job["n"], job["concurrency"], latencies, problems)
+        load = await closed_loop(one, job["n"], job["concurrency"])
         end, cpu = time.monotonic(), time.process_time() - cpu
     return {
-        "latencies": latencies,
-        "failures": len(problems),
-        "examples": problems[:3],
+        "latencies": load.latencies,
+        "failures": load.failures,
+        "examples": load.examples,
         "cpu_s": cpu,
         "start": start,  # CLOCK_MONOTONIC: comparable between processes
         "end": end,
     }
-
-
-async def _post_many(
-    session: Any, url: str, n: int, concurrency: int, latencies: list[float], problems: list[str]
-) -> None:
-    import aiohttp
-
-    remaining = n
-    headers = {"content-type": "application/json"}
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            started = time.perf_counter()
-            try:
-                async with session.post(url, data=REQUEST, headers=headers) as resp:
-                    body = await resp.read()
-                if resp.status != 200 or body != COMPLETION:
-                    problems.append(f"HTTP {resp.status}: {body[:200]!r}")
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                problems.append(f"{type(exc).__name__}: {exc}")
-            latencies.append(time.perf_counter() - started)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 class LoadClients:
@@ -250,7 +238,7 @@ class LoadClients:
                 raise RuntimeError("a load client did not finish its warm-up")
             reply = conn.recv()
             if reply != "ready":
-                raise RuntimeError(f"warm-up request failed: {reply['error']}")
+                raise RuntimeError(reply["error"])
 
     def go(self, k: int) -> list[dict[str, Any]]:
         for conn in self.conns[:k]:
@@ -320,7 +308,7 @@ class Row:
 
 async def measure(
     session: Any,
-    server: AppServer,
+    server: Server,
     clients: LoadClients,
     row: Row,
     stub_pid: int,
@@ -330,21 +318,17 @@ async def measure(
     k = row.clients
     clients.prepare(k, server.url + CHAT_PATH, row.requests, row.concurrency, warm_up)
     await asyncio.sleep(0.05)  # the warm-up's last records are counted after its last byte
-    before = await scrape(session, server) if guarded else {}
-    client_pids = clients.pids(k)
-    cpu, stub_cpu = server.cpu_s(), _cpu_seconds(stub_pid)
-    client_cpu, machine = sum(map(_cpu_seconds, client_pids)), _machine_busy_s()
+    before = await scrape(session, server.url) if guarded else {}
+    meter = CpuMeter(server=[server.pid], stub=[stub_pid], clients=clients.pids(k))
     results = clients.go(k)  # this process sleeps on the pipes meanwhile
-    cpu, stub_cpu = server.cpu_s() - cpu, _cpu_seconds(stub_pid) - stub_cpu
-    client_cpu = sum(map(_cpu_seconds, client_pids)) - client_cpu
-    machine = _machine_busy_s() - machine
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    cpu = meter.stop(wall)
     latencies = [x for r in results for x in r["latencies"]]
     row.failures = sum(r["failures"] for r in results)
     row.problems = [p for r in results for p in r["examples"]][:3]
     if guarded:
         await asyncio.sleep(0.05)
-        after = await scrape(session, server)
+        after = await scrape(session, server.url)
         total, count, buckets = histogram_delta(before, after, ADDED)
         if count:
             row.added_mean_us = total / count * 1e6
@@ -355,17 +339,15 @@ async def measure(
             row.problems.append(f"decisions {decisions}, expected {row.requests} allowed")
     n = row.requests
     row.rps = n / wall
-    row.p50_ms = statistics.median(latencies) * 1000
-    row.p99_ms = statistics.quantiles(latencies, n=100, method="inclusive")[98] * 1000
-    row.server_cpu_ms = cpu / n * 1000
-    row.server_pct = cpu / wall * 100
+    row.p50_ms = percentile(latencies, 50) * 1000
+    row.p99_ms = percentile(latencies, 99) * 1000
+    row.server_cpu_ms = cpu.per_request_ms("server", n)
+    row.server_pct = cpu.by_name["server"] / wall * 100
     row.client_pct = [r["cpu_s"] / (r["end"] - r["start"]) * 100 for r in results]
-    row.client_cpu_ms = client_cpu / n * 1000
-    row.stub_cpu_ms = stub_cpu / n * 1000
-    cores = os.cpu_count() or 1
-    row.machine_pct = machine / (wall * cores) * 100
-    others = machine - cpu - stub_cpu - client_cpu
-    row.others_pct = max(0.0, others) / (wall * cores) * 100
+    row.client_cpu_ms = cpu.per_request_ms("clients", n)
+    row.stub_cpu_ms = cpu.per_request_ms("stub", n)
+    row.machine_pct = cpu.machine_pct()
+    row.others_pct = cpu.others_pct()
     print(
         f"  {row.loop:<16} {row.variant:<13} c={row.concurrency:<2} clients {k}"
         f"  {row.rps:6.0f} req/s"
@@ -390,23 +372,21 @@ async def bench(args: argparse.Namespace) -> list[Row]:
 
     loops = ["asyncio+h11", *(["uvloop+httptools"] if fast_io() else [])]
     rows: list[Row] = []
-    judge = clients = None
-    policy_file = tempfile.NamedTemporaryFile(
-        "w", prefix="bench-policy-", suffix=".yaml", delete=False
-    )
-    try:
+    with ExitStack() as stack:
         judge = Stub("judge")  # zero latency; its default reply: not flagged
-        policy_file.write(GUARDED_POLICY.format(judge_url=judge.base_url))
-        policy_file.close()
-        policies = {"bare": "bare", "guarded-local": "default", "guarded-llm": policy_file.name}
+        stack.callback(judge.stop)
+        guarded_llm = stack.enter_context(
+            policy_file(GUARDED_POLICY.format(judge_url=judge.base_url))
+        )
+        policies = {"bare": "bare", "guarded-local": "default", "guarded-llm": guarded_llm}
         clients = LoadClients(args.max_clients)
+        stack.callback(clients.stop)
         async with aiohttp.ClientSession() as session:
             for loop in loops:
                 for variant in VARIANTS:
-                    server = AppServer(
+                    server = Server(
                         f"{variant} {loop}",
-                        "",  # no upstream
-                        policies[variant],
+                        policy=policies[variant],
                         factory="throughput:build_app",
                         uvicorn_args=LOOPS[loop],
                     )
@@ -426,12 +406,6 @@ async def bench(args: argparse.Namespace) -> list[Row]:
                                 k += 1
                     finally:
                         server.stop()
-    finally:
-        if clients is not None:
-            clients.stop()
-        if judge is not None:
-            judge.stop()
-        os.unlink(policy_file.name)
     compare_with_bare(rows)
     return rows
 
@@ -446,31 +420,58 @@ def compare_with_bare(rows: list[Row]) -> None:
     for row in rows:
         base = bare[row.loop, row.concurrency]
         if row.variant != "bare":
-            row.rps_ratio = row.rps / base.rps
-            row.cpu_ratio = row.server_cpu_ms / base.server_cpu_ms
+            row.rps_ratio = ratio(row.rps, base.rps)
+            row.cpu_ratio = ratio(row.server_cpu_ms, base.server_cpu_ms)
             row.p50_vs_bare_ms = row.p50_ms - base.p50_ms
 
 
 def print_table(rows: list[Row]) -> None:
-    header = (
-        f"{'server':<16} {'variant':<13} {'c':>2} {'cl':>2} {'req/s':>6} {'p50 ms':>7}"
-        f" {'p99 ms':>7} {'cpu ms/req':>10} {'srv %':>5} {'client %':>9} {'limit':>6}"
-        f" {'stub ms':>7} {'others':>6} {'req/s /bare':>11} {'cpu /bare':>9} {'p50-bare':>8}"
-        f" {'added mean us':>13} {'added p99 us':>12} {'fail':>4}"
+    table = Table(
+        [
+            Column("server", 16),
+            Column("variant", 13),
+            Column("c", 2, "d"),
+            Column("cl", 2, "d"),
+            Column("req/s", 6, ".0f"),
+            Column("p50 ms", 7, ".2f"),
+            Column("p99 ms", 7, ".2f"),
+            Column("cpu ms/req", 10, ".3f"),
+            Column("srv %", 5, ">"),
+            Column("client %", 9, ">"),
+            Column("limit", 6, ">"),
+            Column("stub ms", 7, ".3f"),
+            Column("others", 6, ">"),
+            Column("req/s /bare", 11, ".2f"),
+            Column("cpu /bare", 9, ".2f"),
+            Column("p50-bare", 8, "+.2f"),
+            Column("added mean us", 13, ".0f"),
+            Column("added p99 us", 12, ".0f"),
+            Column("fail", 4, "d"),
+        ]
     )
-    print()
-    print(header)
-    print("-" * len(header))
     for r in rows:
-        print(
-            f"{r.loop:<16} {r.variant:<13} {r.concurrency:>2} {r.clients:>2} {r.rps:>6.0f}"
-            f" {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.server_cpu_ms:>10.3f} {r.server_pct:>4.0f}%"
-            f" {_pcts(r.client_pct):>9} {r.limit:>6} {r.stub_cpu_ms:>7.3f} {r.others_pct:>5.0f}%"
-            f" {_fmt(r.rps_ratio, '.2f'):>11} {_fmt(r.cpu_ratio, '.2f'):>9}"
-            f" {_fmt(r.p50_vs_bare_ms, '+.2f'):>8} {_fmt(r.added_mean_us, '.0f'):>13}"
-            f" {_fmt(r.added_p99_us, '.0f'):>12} {r.failures:>4}"
+        table.add(
+            r.loop,
+            r.variant,
+            r.concurrency,
+            r.clients,
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.server_cpu_ms,
+            f"{r.server_pct:.0f}%",
+            _pcts(r.client_pct),
+            r.limit,
+            r.stub_cpu_ms,
+            f"{r.others_pct:.0f}%",
+            r.rps_ratio,
+            r.cpu_ratio,
+            r.p50_vs_bare_ms,
+            r.added_mean_us,
+            r.added_p99_us,
+            r.failures,
         )
-    print(
+    table.print(
         "c: concurrency. cl: load client processes (the concurrency split between them)."
         " cpu ms/req: the server process's CPU per request; srv %: its CPU as % of one core."
         " client %: each load process's CPU as % of one core. limit: the processes at >= 90%"
@@ -661,12 +662,19 @@ def main() -> int:
         " were >= 90%% of a core",
     )
     parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="--requests 1000 --warm-up 200 --serial 100 --max-clients 1",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         metavar="N",
         help="instead: N requests in this process, no HTTP; CPU per request and cProfile",
     )
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.warm_up, args.serial, args.max_clients = 1000, 200, 100, 1
     if args.profile:
         profile(args.profile, args.concurrency)
         return 0
@@ -681,12 +689,13 @@ def main() -> int:
             " The server, the load clients and the judge stub share these cores.",
         )
     )
-    failed = [r for r in rows if r.failures]
-    for r in failed:
-        print(f"FAILED {r.loop} {r.variant} clients {r.clients}: {r.failures} failures")
-        for problem in r.problems:
-            print(f"    {problem}")
-    return 1 if failed else 0
+    return report_failures(
+        {
+            f"{r.loop} {r.variant} clients {r.clients}: {r.failures} failures": r.problems
+            for r in rows
+            if r.failures
+        }
+    )
 
 
 if __name__ == "__main__":

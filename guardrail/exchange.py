@@ -24,6 +24,10 @@ from guardrail.output import AnswerScreen
 
 log = logging.getLogger("guardrail")
 
+# An ASGI scope extension: a dict the app may write {"outcome": "app_error"} into
+# when it failed to answer (the proxy, when its upstream is unreachable).
+REPORT_EXTENSION = "guardrail.report"
+
 
 class GuardedExchange:
     """The state of one guarded request; built per request, never shared."""
@@ -35,6 +39,7 @@ class GuardedExchange:
         self.disconnected = asyncio.Event()
         self.started = time.perf_counter()
         self.sent_all_at: float | None = None  # the response's last byte went to the server
+        self.app_report: dict[str, str] = {}  # what the app reports (REPORT_EXTENSION)
 
     async def run(self) -> None:
         """Guard the request; count it whatever happens, and re-raise the app's errors."""
@@ -43,6 +48,8 @@ class GuardedExchange:
         try:
             await self._run()
         finally:
+            if self.record.decision == "allowed" and self.app_report.get("outcome") == "app_error":
+                self.record.decision = "app_error"
             self.record.duration_s = time.perf_counter() - self.started
             self.guard.observe(self.record)
             in_flight.dec()  # last, so a request that is not in flight is counted
@@ -60,6 +67,8 @@ class GuardedExchange:
             return
         watcher = asyncio.ensure_future(self._watch_disconnect())
         hold = Hold(self._to_client)
+        extensions = {**(app_scope.get("extensions") or {}), REPORT_EXTENSION: self.app_report}
+        app_scope = {**app_scope, "extensions": extensions}
         app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
         verdict_task = asyncio.ensure_future(self.guard.assess(request.text))
         try:

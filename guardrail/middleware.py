@@ -1,25 +1,34 @@
 """The pure-ASGI middleware: guarded routes go through ``GuardedExchange``, the rest pass.
 
 Which policy guards a request: the tenant's, when a tenant header names a
-known tenant; else the first policy whose routes match. Each policy file is
-watched and reloaded live (``guardrail.reload``).
+known tenant and its policy guards the route; else the first policy whose
+routes match (a tenant never makes a route less guarded). Routes match the
+path the app routes on (``guardrail.routing``), methods in any case. Refused
+with a clear 4xx, never passed unscreened: a path that is not canonical and
+could reach a guarded route (400), a body sent with a method the guarded
+route does not list (405). Each policy file is watched and reloaded live
+(``guardrail.reload``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from guardrail.adapters import BadRequest
 from guardrail.exchange import GuardedExchange
-from guardrail.guard import Guard
+from guardrail.guard import Guard, Record
 from guardrail.policy import Policy, load_policy
 from guardrail.reload import PolicyReloader
+from guardrail.routing import is_canonical, loosest_reading, route_path
 
 log = logging.getLogger("guardrail")
 
@@ -56,14 +65,27 @@ class GuardrailMiddleware:
         self.app = app
         self._registry = registry
         self._watch, self._interval = watch, watch_interval_s
+        self._tenant_header = tenant_header.lower().encode()
+        self._started = False
+        self._broken: str | None = None  # why this middleware cannot serve (see below)
         # Built and validated now: a bad policy stops startup, never a request.
         sources: list[PolicySource] = (
             list(policy) if isinstance(policy, list | tuple) else [policy]  # type: ignore[list-item]
         )
-        self._by_route = [self._slot(source) for source in sources]
-        self._tenants = {name: self._slot(source) for name, source in (tenants or {}).items()}
-        self._tenant_header = tenant_header.lower().encode()
-        self._started = False
+        try:
+            self._by_route = [self._slot(source) for source in sources]
+            self._tenants = {name: self._slot(source) for name, source in (tenants or {}).items()}
+        except Exception as exc:
+            if not _loop_running():
+                raise  # built by the user's code: the error surfaces there, at once
+            # Built by the server (Starlette's add_middleware builds its stack at
+            # the first lifespan or request call): raising here would read as
+            # "lifespan unsupported" and every request would answer a 500. Fail
+            # the lifespan startup with the message instead; without a lifespan,
+            # answer 503. Never pass a request unscreened.
+            self._broken = str(exc)
+            self._by_route, self._tenants = [], {}
+            log.error("guardrail cannot start: %s", exc)
 
     @property
     def guard(self) -> Guard:
@@ -81,6 +103,9 @@ class GuardrailMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._broken is not None:
+            await _not_serving(self._broken, scope, receive, send)
+            return
         if not self._started:
             self._started = True
             for slot in self._slots():
@@ -91,31 +116,62 @@ class GuardrailMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"].upper(), route_path(scope)
         metrics_path = self.guard.policy.metrics.path
         if metrics_path is not None and path == metrics_path and method == "GET":
             await self._serve_metrics(send)
             return
-        guard = self._guard_for(scope, method, path)
+        candidates = self._candidates(scope)
+        guard = _first(candidates, lambda p: p.guards(method, path))
+        if not is_canonical(scope):
+            # A receiver could read this path otherwise than we match it: refuse
+            # it if any reading reaches a guarded route.
+            near = guard or _first(
+                candidates, lambda p: p.route_for(path) or p.route_for(loosest_reading(path))
+            )
+            if near is not None:
+                why = "the request path is not canonical (dot segments, encoded or doubled"
+                why += " separators, backslashes or ';'): send the plain path"
+                await _refuse(near, send, BadRequest("non_canonical_path", why))
+                return
         if guard is None:
+            covering = _first(candidates, lambda p: p.route_for(path))
+            if covering is not None and _has_body(scope):
+                # The app might act on this body (a method-agnostic app or
+                # upstream): it would be unscreened. List the method to guard it.
+                await self._refuse_method(covering, send, path)
+                return
             await self.app(scope, receive, send)
         else:
             await GuardedExchange(self.app, guard, scope, receive, send).run()
 
-    def _guard_for(self, scope: Scope, method: str, path: str) -> Guard | None:
-        if self._tenants:
-            tenant = next((v for k, v in scope["headers"] if k == self._tenant_header), None)
-            if tenant is not None:
-                slot = self._tenants.get(tenant.decode("latin-1"))
-                if slot is not None:
-                    guard = slot.guard
-                    return guard if guard.policy.guards(method, path) else None
-                # Never unscreened: an unknown tenant gets the default policies.
-                self.guard.metrics.unknown_tenants.labels(self.guard.policy.name).inc()
-        for slot in self._by_route:
-            if slot.guard.policy.guards(method, path):
-                return slot.guard
-        return None
+    def _candidates(self, scope: Scope) -> list[Guard]:
+        """The guards that may take this request, in order: its tenant's first."""
+        by_route = [slot.guard for slot in self._by_route]
+        if not self._tenants:
+            return by_route
+        tenant = next((v for k, v in scope["headers"] if k == self._tenant_header), None)
+        if tenant is None:
+            return by_route
+        slot = self._tenants.get(tenant.decode("latin-1"))
+        if slot is None:
+            # Never unscreened: an unknown tenant gets the default policies.
+            self.guard.metrics.unknown_tenants.labels(self.guard.policy.name).inc()
+            return by_route
+        # The route policies still guard what the tenant's policy does not.
+        return [slot.guard, *by_route]
+
+    async def _refuse_method(self, guard: Guard, send: Send, path: str) -> None:
+        route = guard.policy.route_for(path)
+        assert route is not None
+        allowed = ", ".join(route.methods)
+        why = f"this path takes a body only with {allowed}"
+        await _refuse(
+            guard,
+            send,
+            BadRequest("method_not_allowed", why, status=405),
+            [(b"allow", allowed.encode())],
+        )
 
     def _slots(self) -> list[PolicyReloader | _Fixed]:
         return [*self._by_route, *self._tenants.values()]
@@ -143,3 +199,61 @@ class GuardrailMiddleware:
             await send(message)
 
         return lifespan_send
+
+
+def _first(guards: list[Guard], accepts: Callable[[Policy], object]) -> Guard | None:
+    return next((guard for guard in guards if accepts(guard.policy)), None)
+
+
+def _has_body(scope: Scope) -> bool:
+    for key, value in scope["headers"]:
+        if key == b"transfer-encoding" or (key == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+async def _refuse(
+    guard: Guard, send: Send, error: BadRequest, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Refuse a request the guard cannot screen as the receiver would read it; count it."""
+    reply = guard.adapter.error(error)
+    reply.headers.extend(headers)
+    guard.observe(Record("rejected", 0.0, rejected=error.code))
+    for message in reply.messages():
+        await send(message)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _not_serving(why: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """A middleware whose policy failed to load: stop the server, or refuse every request."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": why})
+                return  # the server stops: no shutdown follows
+            if message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    elif scope["type"] == "http":
+        error = {
+            "message": "guardrail is not serving: its policy failed to load",
+            "type": "server_error",
+            "code": "policy_error",
+        }
+        body = json.dumps({"error": error}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    elif scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1011})

@@ -124,8 +124,18 @@ JudgeSpec = Annotated[
 # --- stages -----------------------------------------------------------------
 
 
+# The methods a route may list. A name outside this set (``PSOT``) would guard
+# nothing, silently: it is an error at load. CONNECT and TRACE carry no chat.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Route(_Strict):
-    """A path (exact, or a prefix when it ends in ``*``) and the methods guarded on it."""
+    """A path (exact, or a prefix when it ends in ``*``) and the methods guarded on it.
+
+    Paths match case-insensitively: some upstreams (ASP.NET, IIS, case-insensitive
+    routers) route ``/V1/Chat/Completions`` like ``/v1/chat/completions``, and
+    screening a request that did not need it only costs its screen.
+    """
 
     path: str
     methods: tuple[str, ...] = ("POST",)
@@ -139,18 +149,26 @@ class Route(_Strict):
 
     @field_validator("methods")
     @classmethod
-    def _upper(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+    def _known(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
         if not methods:
             raise ValueError("list at least one HTTP method")
-        return tuple(m.upper() for m in methods)
+        upper = tuple(m.upper() for m in methods)
+        unknown = [m for m in methods if m.upper() not in HTTP_METHODS]
+        if unknown:
+            known = ", ".join(sorted(HTTP_METHODS))
+            raise ValueError(f"unknown HTTP method {unknown[0]!r} (known: {known})")
+        return upper
 
     def matches(self, method: str, path: str) -> bool:
         """Whether a request with this method and path is guarded by this route."""
-        if method not in self.methods:
-            return False
-        if self.path.endswith("*"):
-            return path.startswith(self.path[:-1])
-        return path == self.path
+        return method.upper() in self.methods and self.matches_path(path)
+
+    def matches_path(self, path: str) -> bool:
+        """Whether a path falls under this route, whatever the method."""
+        path, mine = path.casefold(), self.path.casefold()
+        if mine.endswith("*"):
+            return path.startswith(mine[:-1])
+        return path == mine
 
 
 class Screen(_Strict):
@@ -292,6 +310,10 @@ class Policy(_Strict):
     def guards(self, method: str, path: str) -> bool:
         """Whether this request is screened."""
         return any(route.matches(method, path) for route in self.routes)
+
+    def route_for(self, path: str) -> Route | None:
+        """The first route whose path covers this one, whatever the method."""
+        return next((route for route in self.routes if route.matches_path(path)), None)
 
 
 def digest(text: str) -> str:

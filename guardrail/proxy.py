@@ -5,39 +5,60 @@ forwards every request to the upstream and streams its answer back, wrapped in
 ``GuardrailMiddleware``. Because the forwarding runs as the guarded "app", a
 refusal cancels it, which closes the upstream connection: the service stops
 generating, exactly as an in-process app's model call would.
+
+The upstream gets exactly the path the guard matched: only canonical paths
+are forwarded (``guardrail.routing``), and the URL is handed to the HTTP client
+as already encoded, so it does not normalise it again. Forwarding uses aiohttp,
+as the LLM judges do: it is the lean client, and a cancelled request closes
+its connection without leaking a pool slot.
 """
 
 from __future__ import annotations
 
-import httpx
+import json
+from collections.abc import MutableMapping
+
+import aiohttp
+from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
+from yarl import URL
+
+from guardrail.exchange import REPORT_EXTENSION
+from guardrail.routing import is_canonical, route_path
 
 # Hop-by-hop headers describe one connection, not the message: never forwarded.
 _HOP_BY_HOP = frozenset(
     {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
     }
 )
-# Not asked of the upstream: a compressed answer could not be screened.
-_NOT_FORWARDED = _HOP_BY_HOP | {b"accept-encoding"}
+# Asked of the upstream as identity: a compressed answer could not be screened.
+# Expect: the server answered the client's 100-continue; the body is read whole.
+_NOT_FORWARDED = _HOP_BY_HOP | {"accept-encoding", "expect"}
+# The server in front of the proxy writes its own: one of each reaches the client.
+_NOT_RETURNED = (_HOP_BY_HOP - {"content-length"}) | {"date", "server"}
 
 
 class Upstream:
     """An ASGI app that forwards HTTP requests to one upstream service."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 300.0, max_connections: int = 1000
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = httpx.Timeout(timeout_s, connect=10.0)
-        self._client: httpx.AsyncClient | None = None
+        # No total: a streamed answer may be long; each read may wait timeout_s.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=timeout_s)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -45,37 +66,66 @@ class Upstream:
             return
         if scope["type"] != "http":
             return  # websockets are not proxied
-        if self._client is None:  # created in the server's loop, on first use
-            self._client = httpx.AsyncClient(timeout=self._timeout)
-        request = self._client.build_request(
-            scope["method"],
-            self.base_url + scope["path"],
-            params=scope.get("query_string", b"").decode("latin-1") or None,
-            headers=[(k, v) for k, v in scope["headers"] if k.lower() not in _NOT_FORWARDED],
-            # Whole: a guarded body was read (and screened) already, and a
-            # Content-Length suits more upstreams than a chunked request.
-            content=await _body(receive),
-        )
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            await _bad_gateway(send, f"upstream unreachable: {type(exc).__name__}")
+        if not is_canonical(scope):
+            # The upstream could route it elsewhere than the guard matched it.
+            await _error(send, 400, "the request path is not canonical", "non_canonical_path")
             return
+        body = await _body(receive)  # whole: a guarded body was read and screened already
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = self.base_url + route_path(scope) + (f"?{query}" if query else "")
+        headers = CIMultiDict(
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k.decode("latin-1").lower() not in _NOT_FORWARDED
+        )
+        headers["Accept-Encoding"] = "identity"
         try:
-            headers = [
+            response = await self._client().request(
+                scope["method"],
+                URL(url, encoded=True),  # as matched: no second normalisation
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            _report_app_error(scope)
+            await _error(send, 502, f"upstream unreachable: {type(exc).__name__}", "bad_gateway")
+            return
+        finished = False
+        try:
+            returned = [
                 (k.lower(), v)
-                for k, v in response.headers.raw
-                if k.lower() not in _HOP_BY_HOP or k.lower() == b"content-length"
+                for k, v in response.raw_headers
+                if k.decode("latin-1").lower() not in _NOT_RETURNED
             ]
-            start = {"type": "http.response.start", "status": response.status_code}
-            await send({**start, "headers": headers})
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": returned}
+            )
+            try:
+                async for chunk in response.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (aiohttp.ClientError, TimeoutError):
+                _report_app_error(scope)
+                raise  # the server aborts the response: a cut answer must not look whole
             await send({"type": "http.response.body", "body": b""})
+            finished = True
         finally:
-            # Also when cancelled (a refusal, a client gone): an unread response
-            # closes its connection, so the upstream stops generating.
-            await response.aclose()
+            if finished:
+                response.release()
+            else:
+                # Cancelled (a refusal, a client gone) or broken: close the
+                # connection, so the upstream stops generating.
+                response.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created in the server's loop, on first use
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                timeout=self._timeout,
+                auto_decompress=False,  # the bytes go to the client as they came
+                skip_auto_headers=("User-Agent",),  # the client's own is forwarded
+            )
+        return self._session
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -83,8 +133,8 @@ class Upstream:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._client is not None:
-                    await self._client.aclose()
+                if self._session is not None:
+                    await self._session.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -100,8 +150,16 @@ async def _body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _bad_gateway(send: Send, why: str) -> None:
-    body = f'{{"error": {{"message": "{why}", "type": "bad_gateway"}}}}'.encode()
+def _report_app_error(scope: Scope) -> None:
+    """Tell the guard (when it is the caller) that the upstream failed to answer."""
+    report: MutableMapping[str, str] | None = scope.get("extensions", {}).get(REPORT_EXTENSION)
+    if report is not None:
+        report["outcome"] = "app_error"
+
+
+async def _error(send: Send, status: int, why: str, code: str) -> None:
+    error = {"message": why, "type": code, "code": code}
+    body = json.dumps({"error": error}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 502, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

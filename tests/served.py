@@ -24,8 +24,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 class Served:
     """A running uvicorn server for one app: ``with Served(app) as s: s.url``."""
 
-    def __init__(self, app: Any, *, lifespan: str = "on", name: str = "served") -> None:
+    def __init__(
+        self, app: Any, *, lifespan: str = "on", name: str = "served", **config: Any
+    ) -> None:
         self.app, self.lifespan, self.name = app, lifespan, name
+        self.config = config  # more uvicorn settings (root_path, ...)
         self.port = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -44,7 +47,7 @@ class Served:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, lifespan=self.lifespan, log_level="warning", access_log=False
+            self.app, lifespan=self.lifespan, log_level="warning", access_log=False, **self.config
         )
         server = self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -1,0 +1,88 @@
+"""Which path a request is routed on, and whether every receiver reads that path alike.
+
+The guard must match the path the app or upstream will act on. Two things can
+make them differ:
+
+- mounting: under ``uvicorn --root-path /api`` or ``Mount("/api", app)`` the
+  scope's ``path`` holds the full path and the app routes on the part after
+  ``root_path`` (Starlette's ``get_route_path``): ``route_path`` does the same;
+- normalisation: servers and frameworks disagree on dot segments, encoded
+  ``/ ? #``, doubled slashes, backslashes and ``;`` parameters, so a path such as
+  ``/v1/x/../chat/completions`` may be routed by the receiver to a guarded
+  route the guard never matched. We never normalise behind the receiver's
+  back: ``is_canonical`` says whether a path reads the same for everyone, and
+  ``loosest_reading`` is what the most lenient receiver could make of it, so
+  the middleware can refuse an ambiguous path that could reach a guarded route.
+"""
+
+from __future__ import annotations
+
+import string
+from urllib.parse import unquote
+
+from starlette.types import Scope
+
+# RFC 3986 path characters that no server decodes, splits or drops: letters,
+# digits, unreserved marks and the sub-delimiters, without ';' (Tomcat and
+# Spring cut ";params" out of a segment) and without '%' (a decoded '%' means
+# the receiver could decode once more).
+_PLAIN = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,=:@")
+# Trimmed from segments by lenient receivers: spaces and control characters.
+_TRIMMED = "".join(map(chr, range(0x21))) + "\x7f"
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: ``path`` minus ``root_path`` when it starts with it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path
+
+
+def is_canonical(scope: Scope) -> bool:
+    """Whether every receiver reads this request's path exactly as the scope says.
+
+    Canonical: each segment of the raw path, decoded on its own, is non-empty,
+    neither ``.`` nor ``..``, and made only of characters no receiver decodes,
+    splits or drops (so an encoded ``/`` is refused, not read as a separator);
+    and the segments joined are the scope's path. The root ``/`` is canonical;
+    a trailing slash is not (Express and others route ``/a/`` as ``/a``).
+    """
+    path: str = scope["path"]
+    raw = scope.get("raw_path")
+    text = raw.decode("latin-1") if raw is not None else path
+    if text == "/" or not text.startswith("/"):
+        return text == "/" == path
+    segments = [unquote(segment) for segment in text[1:].split("/")]
+    return "/" + "/".join(segments) == path and all(
+        segment not in ("", ".", "..") and all(c in _PLAIN for c in segment) for segment in segments
+    )
+
+
+def loosest_reading(path: str) -> str:
+    """What the most lenient receiver could route this path as.
+
+    Decodes repeatedly, turns backslashes into slashes, drops what follows a
+    decoded ``?`` or ``#``, ``;`` parameters, empty and ``.`` segments, resolves
+    ``..``, trims spaces and control characters from each segment.
+    """
+    for _ in range(3):  # %252e -> %2e -> '.': a receiver may decode twice
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    path = path.replace("\\", "/")
+    for cut in "?#":
+        path = path.partition(cut)[0]
+    resolved: list[str] = []
+    for segment in path.split("/"):
+        segment = segment.partition(";")[0].strip(_TRIMMED)
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        resolved.append(segment)
+    return "/" + "/".join(resolved)
