@@ -89,6 +89,8 @@ class AnswerScreen:
         self._sse_header = False
         self._framer: Framer | None = None
         self._whole: list[bytes] | None = None  # a complete answer being held
+        self._whole_encoded = False  # held as sent (decoded at its end)
+        self._original_start: Message = {}
         self._windows = Windows(
             window_chars=stage.window_chars,
             overlap_chars=stage.overlap_chars,
@@ -116,7 +118,8 @@ class AnswerScreen:
             await self._forward(message)  # trailers and extensions pass as they are
             return
         last = not message.get("more_body", False)
-        body = self._decode(message.get("body", b""), last=last)
+        chunk = message.get("body", b"")
+        body = chunk if self._whole_encoded else self._decode(chunk, last=last)
         if self._whole is not None:
             self._whole.append(body)
             if last:
@@ -185,21 +188,31 @@ class AnswerScreen:
         )
         self._sse_header = headers.get("content-type", "").startswith("text/event-stream")
         if "content-length" in headers or self._undecodable:
-            self._whole = []  # a complete answer (or one we cannot read): held whole
+            # A complete answer (or one we cannot read): held whole, as it came, and
+            # decoded at its end, so a fail-open release can pass it on unchanged.
+            self._whole, self._whole_encoded = [], True
+            self._original_start = message
 
     # --- a complete answer -----------------------------------------------------------
 
     async def _screen_whole(self) -> None:
         assert self._whole is not None
         body = b"".join(self._whole)
+        if self._whole_encoded and self._decoder is not None and not self._undecodable:
+            try:
+                body = self._decoder.feed(body) + self._decoder.finish()
+            except Undecodable:
+                self._undecodable = True
         if self._undecodable:
             # Cannot read it, so cannot screen it (and never as text): the fail mode decides.
             if self.fail_closed:
                 self.record.stream_cut = "error"
                 await self._refuse_whole()
-            else:
+            elif self._whole_encoded:
                 self.unscreened = True
-                await self._release_whole(body, exact=False)
+                await self._release_whole(body, original=True)
+            else:
+                await self._app_failed("error")  # part of it was decoded: nothing whole to pass
             self.finished.set()
             return
         text, body, readable = self._whole_text(body)
@@ -213,7 +226,7 @@ class AnswerScreen:
         if assessment.decision in REFUSING:
             await self._refuse_whole()
         else:
-            await self._release_whole(body, exact=True)
+            await self._release_whole(body)
         self.finished.set()
 
     def _whole_text(self, body: bytes) -> tuple[str, bytes, bool]:
@@ -232,10 +245,11 @@ class AnswerScreen:
         text = self.guard.adapter.answer_parts(body).text()
         return "\n".join([*self._header_text, text]), body, True
 
-    async def _release_whole(self, body: bytes, *, exact: bool) -> None:
+    async def _release_whole(self, body: bytes, *, original: bool = False) -> None:
+        """The screened body with headers that fit it, or (fail-open) the app's own as sent."""
         assert self._start_message is not None
-        start = self._start_message
-        if exact:
+        start = self._original_start if original else self._start_message
+        if not original:
             headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
             start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
         await self._forward(start)

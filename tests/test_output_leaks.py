@@ -103,9 +103,7 @@ def test_a_card_straddling_a_window_boundary_releases_no_digit(
 ) -> None:
     # 382 characters before the card: the first window ends inside it (issue 9).
     text = ("x" * 381 + " ") + CARD + " is the number. " + FILLER * 3
-    server, _ = served(
-        raw_app(events(text, 7)), output_policy(window=window, overlap=overlap)
-    )
+    server, _ = served(raw_app(events(text, 7)), output_policy(window=window, overlap=overlap))
     with server:
         content, ids, finish = openai_stream(server)
     released = content.partition("\n" + REFUSAL)[0]
@@ -387,3 +385,29 @@ def test_an_app_silent_before_its_first_byte_still_gets_a_well_formed_answer(
         decision = "error_blocked"
     labels = {"policy": "test", "decision": decision}
     assert wait_for(lambda: registry.get_sample_value("guardrail_requests_total", labels) == 1)
+
+
+@pytest.mark.parametrize(("on_error", "refused"), [("block", True), ("allow", False)])
+def test_a_corrupt_compressed_answer_follows_the_fail_mode(on_error: str, refused: bool) -> None:
+    corrupt = gzip.compress(b'{"choices": []}')[:12] + b"not deflate at all"
+    headers = [
+        (b"content-encoding", b"gzip"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(corrupt)).encode()),
+    ]
+    server, _ = served(raw_app([corrupt], headers=headers), output_policy(on_error=on_error))
+    with server:
+        with httpx.stream(
+            "POST",
+            server.url + "/v1/chat/completions",
+            content=request_body(False),
+            headers={"content-type": "application/json"},
+            timeout=10,
+        ) as response:
+            raw = b"".join(response.iter_raw())  # the bytes as sent, not decoded
+    if refused:
+        assert b"content_filter" in raw
+    else:
+        # Fail-open passes the app's bytes on as they came (never screened as text).
+        assert response.headers["content-encoding"] == "gzip"
+        assert raw == corrupt
