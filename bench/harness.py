@@ -8,6 +8,8 @@ A benchmark script is a short list of scenarios over these parts:
   spawned child process, driven over a pipe;
 - ``closed_loop``: ``n`` calls, ``concurrency`` at a time, each caller issuing
   its next call when the last one ended; failures are counted, not raised;
+  ``LoadProcesses``: the same loop split over child processes, for a server
+  faster than one Python client;
 - ``CpuMeter``: CPU seconds (utime+stime from /proc) of named processes, of
   this one and of the whole machine over a run;
 - ``percentile``, ``scrape`` and the histogram helpers for a server's ``/metrics``;
@@ -404,6 +406,128 @@ async def closed_loop(
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     load.wall_s = time.perf_counter() - started
     return load
+
+
+def serve_load(conn: Connection) -> None:
+    """Child process: runs the load jobs the parent sends (``LoadProcesses``)."""
+    while (job := conn.recv()) is not None:
+        conn.send(asyncio.run(_load_job(conn, job)))
+
+
+async def _load_job(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
+    async with client_session(job["concurrency"]) as session:
+
+        async def one() -> None:
+            async with session.post(
+                job["url"], data=job["body"], headers={"content-type": "application/json"}
+            ) as resp:
+                body = await resp.read()
+            if resp.status != 200 or (job["expect"] is not None and body != job["expect"]):
+                raise Refused(f"HTTP {resp.status}: {body[:200]!r}")
+
+        try:
+            await closed_loop(one, job["warm_up"], job["concurrency"], warm_up=True)
+        except RuntimeError as exc:
+            conn.send({"error": str(exc)})
+            return {}
+        conn.send("ready")
+        if conn.recv() != "go":
+            return {}
+        cpu, start = time.process_time(), time.monotonic()
+        load: Load[None] = await closed_loop(one, job["n"], job["concurrency"])
+        end, cpu = time.monotonic(), time.process_time() - cpu
+    return {
+        "latencies": load.latencies,
+        "failures": load.failures,
+        "examples": load.examples,
+        "cpu_s": cpu,
+        "start": start,  # CLOCK_MONOTONIC: comparable between processes
+        "end": end,
+    }
+
+
+class LoadProcesses:
+    """``count`` spawned load processes (aiohttp, keep-alive), reused from run to run.
+
+    For a server faster than one Python client: the first ``k`` share a closed
+    loop's requests and concurrency. ``prepare`` hands out the job and waits for
+    every warm-up, ``go`` starts them together and returns each one's
+    ``latencies``, ``failures``, ``examples``, ``cpu_s``, ``start`` and ``end``
+    (CLOCK_MONOTONIC).
+    """
+
+    def __init__(self, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs: list[Any] = []
+        for _ in range(count):
+            conn, child = context.Pipe()
+            proc = context.Process(target=serve_load, args=(child,), daemon=True)
+            proc.start()
+            self.conns.append(conn)
+            self.procs.append(proc)
+
+    def pids(self, k: int) -> list[int]:
+        return [int(p.pid or 0) for p in self.procs[:k]]
+
+    def prepare(
+        self,
+        k: int,
+        url: str,
+        n: int,
+        concurrency: int,
+        warm_up: int,
+        body: bytes,
+        expect: bytes | None = None,
+    ) -> None:
+        """Send the first ``k`` their share of the job; return once all have warmed up.
+
+        Each POSTs ``body``; a response other than a 200 (whose body is
+        ``expect``, when given) is a failure.
+        """
+        for i, conn in enumerate(self.conns[:k]):
+            conn.send(
+                {
+                    "url": url,
+                    "n": _share(n, k, i),
+                    "concurrency": _share(concurrency, k, i),
+                    "warm_up": _share(warm_up, k, i),
+                    "body": body,
+                    "expect": expect,
+                }
+            )
+        for conn in self.conns[:k]:
+            if not conn.poll(120):
+                raise RuntimeError("a load process did not finish its warm-up")
+            reply = conn.recv()
+            if reply != "ready":
+                raise RuntimeError(reply["error"])
+
+    def go(self, k: int) -> list[dict[str, Any]]:
+        for conn in self.conns[:k]:
+            conn.send("go")
+        results = []
+        for conn in self.conns[:k]:
+            if not conn.poll(300):
+                raise RuntimeError("a load process did not finish its run")
+            results.append(conn.recv())
+        return results
+
+    def stop(self) -> None:
+        for conn, proc in zip(self.conns, self.procs, strict=True):
+            if proc.is_alive():
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
+                proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+
+
+def _share(total: int, parts: int, i: int) -> int:
+    return total // parts + (1 if i < total % parts else 0)
 
 
 def client_session(concurrency: int, timeout_s: float = 30.0) -> Any:

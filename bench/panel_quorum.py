@@ -46,17 +46,21 @@ from typing import Any
 from harness import (
     ANSWER,
     CHAT_PATH,
+    Column,
     Server,
     Stub,
+    Table,
     ask,
     client_session,
     closed_loop,
     counter_delta,
     decisions_delta,
+    fmt,
     histogram_delta,
     machine_line,
     percentile,
     policy_file,
+    ratio,
     scrape,
 )
 
@@ -415,53 +419,94 @@ async def run_refusals(
 
 
 def print_summary(early: PanelRun, waited: PanelRun, refusals: RefusalRun) -> None:
-    print()
-    header = (
-        f"{'measurement':<40} {'n':>3} {'p50 ms':>8} {'max ms':>8} {'p50/3000':>8}"
-        f" {'p50/200':>8} {'ruling (reason, ended)':<30} {'cut/round':>9} {'vote->end':>9}"
+    table = Table(
+        [
+            Column("measurement", 40),
+            Column("n", 3, "d"),
+            Column("p50 ms", 8, ".1f"),
+            Column("max ms", 8, ".1f"),
+            Column(f"p50/{SLOWEST_MS}", 8, ".3f"),
+            Column(f"p50/{THIRD_MS}", 8, ".3f"),
+            Column("ruling (reason, ended)", 30),
+            Column("cut/round", 9, "g"),
+            Column("vote->end", 9, ".1f"),
+        ]
     )
-    print(header)
-    print("-" * len(header))
     for run in (early, waited):
         r = run.rounds
-        rulings = sorted({f"{x.outcome} ({x.reason}, {x.ended})" for x in r})
-        cut = statistics.median(x.cancelled_seats for x in r)
-        tail = statistics.median(x.panel_ms - x.last_vote_ms for x in r)
-        print(
-            f"{'panel ' + run.label:<40} {len(r):>3} {run.p50_ms:>8.1f} {run.max_ms:>8.1f}"
-            f" {run.p50_ms / SLOWEST_MS:>8.3f} {run.p50_ms / THIRD_MS:>8.3f}"
-            f" {' | '.join(rulings):<30} {cut:>9g} {tail:>9.1f}"
+        table.add(
+            "panel " + run.label,
+            len(r),
+            run.p50_ms,
+            run.max_ms,
+            ratio(run.p50_ms, SLOWEST_MS),
+            ratio(run.p50_ms, THIRD_MS),
+            " | ".join(sorted({f"{x.outcome} ({x.reason}, {x.ended})" for x in r})),
+            float(statistics.median(x.cancelled_seats for x in r)),
+            statistics.median(x.panel_ms - x.last_vote_ms for x in r),
         )
-    print(
-        f"{'  early stop saves (p50)':<40} {'':>3} {waited.p50_ms - early.p50_ms:>8.1f}"
-        f" {'':>8} {'':>8} {'':>8} early/waited {early.p50_ms / waited.p50_ms:.3f}"
+    table.add(
+        "  early stop saves (p50)",
+        None,
+        waited.p50_ms - early.p50_ms,
+        None,
+        None,
+        None,
+        f"early/waited {fmt(ratio(early.p50_ms, waited.p50_ms), '.3f')}",
+        None,
+        None,
     )
     ref, bare = refusals.refusal_ms, refusals.bare_ms
+    note = ""
     if ref and bare:
         ref50, bare50 = percentile(ref, 50), percentile(bare, 50)
-        print(
-            f"{'HTTP: time to refusal (guarded, blocked)':<40} {len(ref):>3} {ref50:>8.1f}"
-            f" {max(ref):>8.1f} {ref50 / SLOWEST_MS:>8.3f} {ref50 / THIRD_MS:>8.3f}"
-            f" {f'refused {refusals.refused}/{len(ref)} (content_filter)':<30}"
+        refused = f"refused {refusals.refused}/{len(ref)} (content_filter)"
+        table.add(
+            "HTTP: time to refusal (guarded, blocked)",
+            len(ref),
+            ref50,
+            max(ref),
+            ratio(ref50, SLOWEST_MS),
+            ratio(ref50, THIRD_MS),
+            refused,
+            None,
+            None,
         )
-        print(
-            f"{'HTTP: bare app, benign (upstream 1000)':<40} {len(bare):>3} {bare50:>8.1f}"
-            f" {max(bare):>8.1f} {'':>8} {'':>8} {'answered':<30}"
+        table.add(
+            f"HTTP: bare app, benign (upstream {APP_LATENCY_S * 1000:.0f})",
+            len(bare),
+            bare50,
+            max(bare),
+            None,
+            None,
+            "answered",
+            None,
+            None,
         )
-        print(
-            f"{'  refusal p50 / bare app p50':<40} {'':>3} {ref50 / bare50:>8.3f}"
-            f"   (server-side panel mean {refusals.panel_mean_ms:.1f} ms;"
-            f" app upstream calls cancelled {refusals.app_stub.get('cancelled', 0)}/{len(ref)},"
+        table.add(
+            "  refusal p50 / bare app p50",
+            None,
+            None,
+            None,
+            None,
+            None,
+            fmt(ratio(ref50, bare50), ".3f"),
+            None,
+            None,
+        )
+        note = (
+            f"HTTP: server-side panel mean {refusals.panel_mean_ms:.1f} ms; app upstream calls"
+            f" cancelled {refusals.app_stub.get('cancelled', 0)}/{len(ref)},"
             f" {judge_name(SLOWEST_MS)} calls cancelled"
-            f" {refusals.slow_stub.get('cancelled', 0)}/{len(ref)})"
+            f" {refusals.slow_stub.get('cancelled', 0)}/{len(ref)}.\n"
         )
-    print(
-        f"p50/3000, p50/200: p50 over the slowest judge ({SLOWEST_MS} ms) and over the"
-        f" third-fastest ({THIRD_MS} ms: the vote that makes a majority of five). cut/round:"
-        " seats cancelled per round (median). vote->end: ms from the last vote counted to"
-        " convene() returning, stragglers cancelled (median). Panel rows: convene() in this"
-        " process;"
-        " HTTP rows: client-side, the example app under uvicorn in a subprocess."
+    table.print(
+        note + f"p50/{SLOWEST_MS}, p50/{THIRD_MS}: p50 over the slowest judge ({SLOWEST_MS} ms)"
+        f" and over the third-fastest ({THIRD_MS} ms: the vote that makes a majority of five)."
+        " cut/round: seats cancelled per round (median). vote->end: ms from the last vote"
+        " counted to convene() returning, stragglers cancelled (median). Panel rows: convene()"
+        " in this process; HTTP rows: client-side, the example app under uvicorn in a"
+        " subprocess."
     )
 
 

@@ -54,7 +54,6 @@ import importlib.util
 import json
 import linecache
 import math
-import multiprocessing
 import os
 import pstats
 import sys
@@ -62,7 +61,6 @@ import time
 from collections.abc import MutableMapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +71,11 @@ from harness import (
     GUARDED_POLICY,
     Column,
     CpuMeter,
-    Refused,
+    LoadProcesses,
     Server,
     Stub,
     Table,
     chat_request,
-    closed_loop,
     decisions_delta,
     histogram_delta,
     histogram_quantile,
@@ -159,114 +156,6 @@ def build_app() -> Any:
     return GuardrailMiddleware(chat_app, policy=policy, registry=CollectorRegistry())
 
 
-# --- load clients (child processes) ------------------------------------------
-
-
-def serve_load(conn: Connection) -> None:
-    """Child process: runs the load jobs the parent sends (``LoadClients.run``)."""
-    while (job := conn.recv()) is not None:
-        conn.send(asyncio.run(_load_job(conn, job)))
-
-
-async def _load_job(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
-    import aiohttp
-
-    connector = aiohttp.TCPConnector(limit=job["concurrency"])  # keep-alive by default
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
-
-        async def one() -> None:
-            async with session.post(
-                job["url"], data=REQUEST, headers={"content-type": "application/json"}
-            ) as resp:
-                body = await resp.read()
-            if resp.status != 200 or body != COMPLETION:
-                raise Refused(f"HTTP {resp.status}: {body[:200]!r}")
-
-        try:
-            await closed_loop(one, job["warm_up"], job["concurrency"], warm_up=True)
-        except RuntimeError as exc:
-            conn.send({"error": str(exc)})
-            return {}
-        conn.send("ready")
-        if conn.recv() != "go":
-            return {}
-        cpu, start = time.process_time(), time.monotonic()
-        load = await closed_loop(one, job["n"], job["concurrency"])
-        end, cpu = time.monotonic(), time.process_time() - cpu
-    return {
-        "latencies": load.latencies,
-        "failures": load.failures,
-        "examples": load.examples,
-        "cpu_s": cpu,
-        "start": start,  # CLOCK_MONOTONIC: comparable between processes
-        "end": end,
-    }
-
-
-class LoadClients:
-    """``count`` spawned load processes, reused from run to run."""
-
-    def __init__(self, count: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs = []
-        for _ in range(count):
-            conn, child = context.Pipe()
-            proc = context.Process(target=serve_load, args=(child,), daemon=True)
-            proc.start()
-            self.conns.append(conn)
-            self.procs.append(proc)
-
-    def pids(self, k: int) -> list[int]:
-        return [int(p.pid or 0) for p in self.procs[:k]]
-
-    def prepare(self, k: int, url: str, n: int, concurrency: int, warm_up: int) -> None:
-        """Send the first ``k`` their share of the job; return once all have warmed up."""
-        for i, conn in enumerate(self.conns[:k]):
-            conn.send(
-                {
-                    "url": url,
-                    "n": _share(n, k, i),
-                    "concurrency": _share(concurrency, k, i),
-                    "warm_up": _share(warm_up, k, i),
-                }
-            )
-        for conn in self.conns[:k]:
-            if not conn.poll(120):
-                raise RuntimeError("a load client did not finish its warm-up")
-            reply = conn.recv()
-            if reply != "ready":
-                raise RuntimeError(reply["error"])
-
-    def go(self, k: int) -> list[dict[str, Any]]:
-        for conn in self.conns[:k]:
-            conn.send("go")
-        results = []
-        for conn in self.conns[:k]:
-            if not conn.poll(300):
-                raise RuntimeError("a load client did not finish its run")
-            results.append(conn.recv())
-        return results
-
-    def stop(self) -> None:
-        for conn, proc in zip(self.conns, self.procs, strict=True):
-            if proc.is_alive():
-                try:
-                    conn.send(None)
-                except OSError:
-                    pass
-                proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
-
-
-def _share(total: int, parts: int, i: int) -> int:
-    return total // parts + (1 if i < total % parts else 0)
-
-
 # --- measuring ---------------------------------------------------------------
 
 
@@ -309,14 +198,16 @@ class Row:
 async def measure(
     session: Any,
     server: Server,
-    clients: LoadClients,
+    clients: LoadProcesses,
     row: Row,
     stub_pid: int,
     warm_up: int,
 ) -> Row:
     guarded = row.variant != "bare"
     k = row.clients
-    clients.prepare(k, server.url + CHAT_PATH, row.requests, row.concurrency, warm_up)
+    clients.prepare(
+        k, server.url + CHAT_PATH, row.requests, row.concurrency, warm_up, REQUEST, COMPLETION
+    )
     await asyncio.sleep(0.05)  # the warm-up's last records are counted after its last byte
     before = await scrape(session, server.url) if guarded else {}
     meter = CpuMeter(server=[server.pid], stub=[stub_pid], clients=clients.pids(k))
@@ -379,7 +270,7 @@ async def bench(args: argparse.Namespace) -> list[Row]:
             policy_file(GUARDED_POLICY.format(judge_url=judge.base_url))
         )
         policies = {"bare": "bare", "guarded-local": "default", "guarded-llm": guarded_llm}
-        clients = LoadClients(args.max_clients)
+        clients = LoadProcesses(args.max_clients)
         stack.callback(clients.stop)
         async with aiohttp.ClientSession() as session:
             for loop in loops:

@@ -1,10 +1,16 @@
-"""The ``guardrail`` command: ``check`` a policy file, run the guarded ``demo``."""
+"""The ``guardrail`` command: ``check`` a policy file, run the guarded ``demo``, ``proxy``."""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.metadata
 import importlib.util
+import logging.config
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,33 +18,106 @@ from typing import Any
 from guardrail.policy import Policy, load_policy
 from guardrail.policy_errors import PolicyError
 
+DESCRIPTION = (
+    "guardrail screens chat requests in parallel with the app and refuses unsafe ones."
+    " 'check' validates a policy file, 'demo' serves the example chat app guarded,"
+    " 'proxy' guards any HTTP chat service by forwarding to it."
+)
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# ``guardrail proxy --workers N`` builds the app in each worker from these.
+UPSTREAM_ENV = "GUARDRAIL_PROXY_UPSTREAM"
+POLICY_ENV = "GUARDRAIL_PROXY_POLICY"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``guardrail`` console script."""
-    parser = argparse.ArgumentParser(prog="guardrail", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="validate a policy file and summarise it")
-    check.add_argument("policy", help="policy file (or the name of an embedded policy)")
-    demo = commands.add_parser("demo", help="serve the example chat app, guarded")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument("--policy", default="default", help="policy file (default: embedded)")
-    proxy = commands.add_parser("proxy", help="guard any HTTP chat service: forward to it")
-    proxy.add_argument("--upstream", required=True, help="the service's base URL")
-    proxy.add_argument("--host", default="127.0.0.1")
-    proxy.add_argument("--port", type=int, default=8000)
-    proxy.add_argument("--policy", default="default", help="policy file (default: embedded)")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         if args.command == "check":
             print(summary(load_policy(args.policy)))
             return 0
         if args.command == "proxy":
-            return _proxy(args.upstream, args.host, args.port, args.policy)
-        return _demo(args.host, args.port, args.policy)
+            return _proxy(
+                args.upstream, args.host, args.port, args.policy, args.workers, args.log_level
+            )
+        return _demo(args.host, args.port, args.policy, args.log_level)
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guardrail", description=DESCRIPTION)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {importlib.metadata.version('guardrail')}"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="validate a policy file and summarise it")
+    check.add_argument("policy", help="policy file (or the name of an embedded policy)")
+    demo = commands.add_parser("demo", help="serve the example chat app, guarded")
+    proxy = commands.add_parser("proxy", help="guard any HTTP chat service: forward to it")
+    proxy.add_argument("--upstream", required=True, help="the service's base URL")
+    for command in (demo, proxy):
+        command.add_argument(
+            "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+        )
+        command.add_argument(
+            "--port", type=int, default=8000, help="port, 0 for a free one (default: %(default)s)"
+        )
+        command.add_argument(
+            "--policy",
+            default="default",
+            help="policy file, or the name of an embedded policy (default: %(default)s)",
+        )
+        command.add_argument(
+            "--log-level",
+            default="info",
+            choices=LOG_LEVELS,
+            help="of the server and of guardrail: decisions (audit records), reloads,"
+            " warnings (default: %(default)s)",
+        )
+    proxy.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes; with several, /metrics sums them through"
+        " PROMETHEUS_MULTIPROC_DIR, a temporary directory if unset (default: %(default)s)",
+    )
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging config plus the ``guardrail`` logger on stderr at ``level``.
+
+    Audit records (the ``guardrail.audit`` logger, INFO), reloads and warnings
+    would otherwise go nowhere: uvicorn configures only its own loggers.
+    """
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["guardrail"] = {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s %(name)s: %(message)s",
+        "use_colors": None,
+    }
+    config["handlers"]["guardrail"] = {
+        "formatter": "guardrail",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["guardrail"] = {
+        "handlers": ["guardrail"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
 
 
 def summary(policy: Policy) -> str:
@@ -78,25 +157,82 @@ def summary(policy: Policy) -> str:
     return "\n".join(lines)
 
 
-def _demo(host: str, port: int, policy: str) -> int:
+def _demo(host: str, port: int, policy: str, log_level: str) -> int:
     import uvicorn
 
     load_policy(policy)  # fail here, with the file and line, before the server starts
     create_app = _example("chat_app").create_app
-    print(f"guardrail demo: http://{host}:{port}/v1/chat/completions  metrics: /metrics")
-    uvicorn.run(create_app(policy), host=host, port=port, log_level="info")
+    logs = log_config(log_level)
+    logging.config.dictConfig(logs)  # before the app is built: its warnings are shown too
+    where = f"http://{host}:{port}" if port else f"{host}, on the free port uvicorn reports"
+    print(f"guardrail demo: {where}  POST /v1/chat/completions  metrics: /metrics", flush=True)
+    uvicorn.run(create_app(policy), host=host, port=port, log_level=log_level, log_config=logs)
     return 0
 
 
-def _proxy(upstream: str, host: str, port: int, policy: str) -> int:
+def _proxy(upstream: str, host: str, port: int, policy: str, workers: int, log_level: str) -> int:
     import uvicorn
 
     from guardrail.middleware import GuardrailMiddleware
     from guardrail.proxy import Upstream
 
+    logs = log_config(log_level)
+    logging.config.dictConfig(logs)
+    where = f"http://{host}:{port}" if port else f"{host}, on the free port uvicorn reports"
+    print(f"guardrail proxy: {where} -> {upstream}  metrics: /metrics", flush=True)
+    if workers > 1:
+        load_policy(policy)  # fail here, not once in every worker
+        return _proxy_workers(upstream, host, port, policy, workers, log_level, logs)
     app = GuardrailMiddleware(Upstream(upstream), policy=policy)
-    print(f"guardrail proxy: http://{host}:{port} -> {upstream}  metrics: /metrics")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=logs)
+    return 0
+
+
+def proxy_app() -> Any:
+    """uvicorn factory of one proxy worker: the upstream and policy from the environment."""
+    from guardrail.middleware import GuardrailMiddleware
+    from guardrail.proxy import Upstream
+
+    return GuardrailMiddleware(Upstream(os.environ[UPSTREAM_ENV]), policy=os.environ[POLICY_ENV])
+
+
+def _proxy_workers(
+    upstream: str,
+    host: str,
+    port: int,
+    policy: str,
+    workers: int,
+    log_level: str,
+    logs: dict[str, Any],
+) -> int:
+    import uvicorn
+
+    os.environ[UPSTREAM_ENV], os.environ[POLICY_ENV] = upstream, policy
+    # Each worker counts in its own memory; a shared directory lets any of
+    # them answer a scrape with the sum (prometheus_client's multiprocess mode).
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="guardrail-metrics-"
+        )
+    print(
+        f"guardrail proxy: {workers} workers, metrics summed in"
+        f" PROMETHEUS_MULTIPROC_DIR={os.environ['PROMETHEUS_MULTIPROC_DIR']}",
+        flush=True,
+    )
+    try:
+        uvicorn.run(
+            "guardrail.cli:proxy_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level=log_level,
+            log_config=logs,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

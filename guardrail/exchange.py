@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail.adapters import BadRequest, ChatRequest, Reply
-from guardrail.body import ClientGone, decode, read_body
+from guardrail.body import ClientGone, check_media_type, decode, parse, read_body
 from guardrail.decision import REFUSING, Decision
 from guardrail.guard import Assessment, Guard, Record
 from guardrail.hold import Hold
@@ -57,7 +57,7 @@ class GuardedExchange:
     async def _run(self) -> None:
         try:
             body, app_scope = await self._read()
-            request = self.guard.adapter.parse_request(body)
+            request = await parse(self.guard.adapter, body)
             self.record.text = request.text
         except ClientGone:
             return
@@ -184,6 +184,7 @@ class GuardedExchange:
     async def _read(self) -> tuple[bytes, Scope]:
         policy = self.guard.policy
         headers = Headers(scope=self.scope)
+        check_media_type(headers.getlist("content-type"))
         raw = await read_body(
             self.receive, cap=policy.max_body_bytes, content_length=headers.get("content-length")
         )

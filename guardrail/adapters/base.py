@@ -1,9 +1,20 @@
-"""What every adapter provides, and strict JSON reading shared by the JSON APIs."""
+"""What every adapter provides, and strict JSON reading shared by the JSON APIs.
+
+``read_json`` accepts only JSON that every common parser reads the same way:
+where Python's ``json`` would read a body one way and another receiver (Go's
+``encoding/json``, JavaScript, a C library) another, we could screen one
+reading while the receiver acts on the other, so the body is refused (400).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
+import unicodedata
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol
 
 from guardrail.adapters.answer import AnswerParts
@@ -26,6 +37,7 @@ class ChatRequest:
     text: str
     stream: bool = False
     model: str | None = None
+    opaque: int = 0  # binary media parts (images, audio, files) no judge could read
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,30 +89,153 @@ class Adapter(Protocol):
     ) -> bytes: ...
 
 
+# Deeper than any real request; checked without recursion (``_check_values``), so
+# no later recursive walk over the parsed body can hit Python's recursion limit.
+MAX_DEPTH = 200
+# Integers a 64-bit receiver can hold (int64 or uint64): beyond them parsers
+# disagree (JavaScript rounds to a float, Go fails, Python raises past 4,300 digits).
+_INT_RANGE = range(-(2**63), 2**64)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# A lone surrogate comes only from a \uD800-\uDFFF escape (UTF-8 cannot carry
+# one): without such an escape in the raw text, no string needs searching.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# Code points whose canonical class is 0 but whose decomposition starts with a
+# non-starter: runs of them cost normalisation as much as runs of combining marks.
+# (A test checks this set against the running Python's Unicode database.)
+NON_STARTER_DECOMPOSITIONS = frozenset("\u0f73\u0f75\u0f81\uff9e\uff9f")
+_STREAM_SAFE_RUN = 30  # UAX #15: at most 30 non-starters in a row
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            # Parsers disagree on which duplicate wins: we could screen one value
-            # while the app acts on the other. Refuse instead of guessing.
-            raise BadRequest("duplicate_key", f"duplicate JSON key {key!r}")
-        obj[key] = value
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        # Parsers disagree on which duplicate wins: we could screen one value
+        # while the app acts on the other. Refuse instead of guessing.
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadRequest("duplicate_key", f"duplicate JSON key {key!r}")
+            seen.add(key)
+    if len(obj) > 1 and len({k.lower() if k.isascii() else fold_key(k) for k in obj}) < len(obj):
+        raise _ambiguous(obj)
     return obj
+
+
+def _ambiguous(obj: dict[str, Any]) -> BadRequest:
+    # Go's encoding/json (and others) match keys case-insensitively, with Unicode
+    # folding (``me\u017f\u017fages`` is ``messages``), the last one winning: two
+    # keys equal under folding are duplicates to such a receiver.
+    seen: dict[str, str] = {}
+    for key in obj:
+        folded = fold_key(key)
+        if folded in seen:
+            break
+        seen[folded] = key
+    return BadRequest(
+        "ambiguous_key",
+        f"JSON keys {seen[folded]!r} and {key!r} differ only by case or Unicode form",
+    )
+
+
+def fold_key(key: str) -> str:
+    """A key as a case- and compatibility-insensitive receiver matches it (NFKC + casefold)."""
+    if key.isascii():
+        return key.lower()
+    safe = stream_safe(key)
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", safe).casefold())
+
+
+def stream_safe(text: str) -> str:
+    """``text`` with a U+034F after every 30 non-starters in a row (UAX #15 stream-safe).
+
+    Normalising sorts each run of non-starters by insertion, quadratic in the run's
+    length: capped runs make it linear. Only for comparing keys; never forwarded.
+    """
+    if text.isascii() or max(text) < "\u0300":  # below U+0300 every character is a starter
+        return text
+    return _long_non_starter_runs().sub(_break_run, text)
+
+
+def _break_run(match: re.Match[str]) -> str:
+    run = match.group()
+    step = _STREAM_SAFE_RUN
+    return "\u034f".join(run[i : i + step] for i in range(0, len(run), step))
+
+
+@cache
+def _long_non_starter_runs() -> re.Pattern[str]:
+    """Runs of more than 30 non-starters; built on first use from the Unicode database."""
+    marks = [c for c in range(0x300, sys.maxunicode + 1) if unicodedata.combining(chr(c))]
+    ranges: list[list[int]] = []
+    for code in marks:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    members = "".join(
+        re.escape(chr(a)) + ("" if a == b else "-" + re.escape(chr(b))) for a, b in ranges
+    )
+    others = "".join(map(re.escape, sorted(NON_STARTER_DECOMPOSITIONS)))
+    return re.compile(f"[{members}{others}]{{{_STREAM_SAFE_RUN + 1},}}")
 
 
 def _no_constants(name: str) -> Any:
     raise BadRequest("invalid_json", f"{name} is not valid JSON")
 
 
+def _check_values(data: Any, *, surrogates: bool) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH``, numbers outside 64 bits, lone surrogates."""
+    if not isinstance(data, dict | list):
+        data = [data]
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise BadRequest("invalid_json", "the request body is nested too deeply")
+        items = list(value.values()) if isinstance(value, dict) else value
+        if any(
+            (type(item) is int and item not in _INT_RANGE)
+            or (type(item) is float and not math.isfinite(item))
+            for item in items
+        ):
+            raise _out_of_range()
+        if surrogates:
+            strings = [*value] if isinstance(value, dict) else []  # its keys
+            strings.extend(item for item in items if isinstance(item, str))
+            if _SURROGATE.search("".join(strings)):
+                raise _lone_surrogate()
+        stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
+
+
+def _out_of_range() -> BadRequest:
+    return BadRequest(
+        "number_out_of_range",
+        "a number does not fit 64 bits (an int64 or uint64 integer, or a finite double)",
+    )
+
+
+def _lone_surrogate() -> BadRequest:
+    # Python keeps it; other parsers read U+FFFD or fail, and the app may crash on it.
+    return BadRequest("invalid_unicode", "a JSON string holds a lone surrogate (\\ud800-\\udfff)")
+
+
 def read_json(body: bytes) -> Any:
-    """Parse a body as strict JSON: UTF-8, no duplicate keys, no NaN/Infinity."""
+    """Parse a body as JSON every receiver reads alike, or raise ``BadRequest``.
+
+    UTF-8 without a BOM; no duplicate keys, not even under case or Unicode folding;
+    no NaN or Infinity, no number outside 64 bits, no lone surrogate, no deep nesting.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("invalid_utf8", "the request body is not UTF-8") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except ValueError:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
+        raise _out_of_range() from None
     except RecursionError:
         raise BadRequest("invalid_json", "the request body is nested too deeply") from None
+    _check_values(data, surrogates=_SURROGATE_ESCAPE.search(text) is not None)
+    return data

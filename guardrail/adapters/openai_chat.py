@@ -11,6 +11,7 @@ from typing import Any
 
 from guardrail.adapters.answer import AnswerParts, split_parts, strings
 from guardrail.adapters.base import BadRequest, ChatRequest, Reply, read_json
+from guardrail.adapters.openai_request import request_text
 
 # Keys whose strings are not text anyone reads as language: roles, ids, and
 # binary payloads (base64 images or audio would only slow the judges down).
@@ -24,7 +25,7 @@ class OpenAIChat:
     """Adapter for the OpenAI chat completions API."""
 
     def parse_request(self, body: bytes) -> ChatRequest:
-        """Extract every user-controllable string of every message, in order."""
+        """Every string of the request a receiver may read, in order (see ``openai_request``)."""
         data = read_json(body)
         if not isinstance(data, dict):
             raise BadRequest("not_chat", "expected a JSON object with a 'messages' list")
@@ -36,11 +37,17 @@ class OpenAIChat:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise BadRequest("not_chat", f"messages[{i}] must be an object with a 'role'")
-        text = "\n\n".join(s for m in messages for s in _strings(m) if s.strip())
-        stream = data.get("stream") is True
+        stream = data.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
+            raise BadRequest("not_chat", "'stream' must be true, false or null")
+        pieces, opaque = request_text(data)
         model = data.get("model")
         return ChatRequest(
-            text=text, stream=stream, model=model if isinstance(model, str) else None
+            text="\n\n".join(pieces),
+            stream=stream is True,
+            model=model if isinstance(model, str) else None,
+            opaque=opaque,
         )
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply:

@@ -5,41 +5,29 @@ unbounded quantifiers, possessive quantifiers where a run is never given back,
 and a lookbehind (or ``\\b``) wherever a match could otherwise start inside a
 long run, which would make a search quadratic. Each alternation starts its
 branches with a literal where possible so ``re`` can reject a position
-cheaply: a 1 MB text takes tens of milliseconds, not seconds.
+cheaply: a 1 MB text takes tens of milliseconds, not seconds. Every built-in
+pattern has a bounded match length, so a long text is searched in windows
+(``windows``) that yield to the event loop; a judge's timeout stops the work.
 
 Reasons name what was found ("card number"), never the text that matched.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
+from guardrail.judges import windows
 from guardrail.judges.base import Verdict
-from guardrail.judges.normalize import normalize, strip_invisible
+from guardrail.judges.normalize import normalize, readings
 
 __all__ = ["PII_KINDS", "InjectionJudge", "KeywordJudge", "PIIJudge"]
-
-_T = TypeVar("_T")
-
-# Above this many characters the scan moves to a worker thread. ``re`` holds
-# the GIL, but the event loop still gets turns between thread switches (and
-# the caller's timeout still fires) instead of stalling every other request.
-_INLINE_LIMIT = 64 * 1024
 
 # A pattern that refers to its own groups cannot share an alternation with
 # others: group numbers shift and group names can collide.
 _OWN_GROUP_REFERENCE = re.compile(r"\\[1-9]|\(\?P=|\(\?\(")
-
-
-async def _off_loop(check: Callable[[str], _T], text: str) -> _T:
-    if len(text) <= _INLINE_LIMIT:
-        return check(text)
-    return await asyncio.to_thread(check, text)
 
 
 def _compile(source: str, flags: int) -> re.Pattern[str]:
@@ -47,6 +35,30 @@ def _compile(source: str, flags: int) -> re.Pattern[str]:
         return re.compile(source, flags)
     except re.error as exc:
         raise ValueError(f"invalid regex {source!r}: {exc}") from None
+
+
+def _spaces_optional(source: str) -> str:
+    """``source`` with each space between words made optional (outside character classes).
+
+    An invisible character can stand for a space ("ignore<ZWSP>all") and
+    another in the same phrase hide inside a word ("ig<ZWSP>nore"): neither
+    reading of the text undoes both, so the phrases also match run together.
+    """
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(source):
+        char = source[i]
+        token = source[i : i + 2] if char == "\\" else char
+        i += len(token)
+        out.append(token)
+        if in_class:
+            in_class = token != "]"
+        elif token == "[":
+            in_class = True
+        elif token in (" ", "\\ ") and source[i : i + 1] not in ("?", "*", "+", "{"):
+            out.append("?")
+    return "".join(out)
 
 
 def _fits_alternation(source: str) -> bool:
@@ -86,28 +98,38 @@ class _Rulebook:
             return cls(None, (), (*members, *alone))
         return cls(combined, tuple(members), tuple(alone))
 
-    def first_label(self, text: str) -> str | None:
+    async def first_label(self, text: str) -> str | None:
         """The label of the first rule that matches, or None."""
-        if self.combined is not None and (match := self.combined.search(text)):
+        if self.combined is not None and (match := await windows.search(self.combined, text)):
             start = match.start()
             # The alternation takes the first branch that matches here, so
             # the first member that matches here is the one that fired.
             matched = (label for p, label in self.members if p.match(text, start))
             return next(matched, self.members[0][1])
-        return next((label for pattern, label in self.alone if pattern.search(text)), None)
+        for pattern, label in self.alone:
+            if await windows.search(pattern, text) is not None:
+                return label
+        return None
 
 
-def _first_label(books: Sequence[_Rulebook], text: str) -> str | None:
-    return next((label for book in books if (label := book.first_label(text)) is not None), None)
+async def _first_label(books: Sequence[_Rulebook], texts: Sequence[str]) -> str | None:
+    for text in texts:
+        for book in books:
+            if (label := await book.first_label(text)) is not None:
+                return label
+    return None
 
 
 class _LocalJudge:
-    """What the local judges share: a name, timing, long texts scanned off the loop."""
+    """What the local judges share: a name, timing, long texts scanned a window at a time."""
 
     inline = True
 
     def __init__(self, name: str) -> None:
         self._name = name
+        # Builds the normalisation tables now, while the guard is built,
+        # rather than on the first request.
+        normalize("")
 
     @property
     def name(self) -> str:
@@ -116,7 +138,7 @@ class _LocalJudge:
     async def screen(self, text: str) -> Verdict:
         """Flag the text with one category per kind of finding; reasons never quote it."""
         started = time.perf_counter()
-        found = await _off_loop(self._find, text)
+        found = await self._find(text)
         return Verdict(
             judge=self._name,
             flagged=bool(found),
@@ -126,7 +148,7 @@ class _LocalJudge:
             latency_s=time.perf_counter() - started,
         )
 
-    def _find(self, text: str) -> list[tuple[str, str]]:
+    async def _find(self, text: str) -> list[tuple[str, str]]:
         """(category, reason) for each finding; an empty list is a pass."""
         raise NotImplementedError
 
@@ -153,7 +175,9 @@ class KeywordJudge(_LocalJudge):
         # Lookarounds rather than \b so "c++" still matches as a whole word.
         # Keywords and text are both case folded: no IGNORECASE, which is slower.
         alternation = "|".join(re.escape(word) for word in words)
-        keyword_rules = [(f"{category} keyword", rf"(?<!\w)(?:{alternation})(?!\w)")]
+        keyword_rules = [
+            (f"{category} keyword", rf"(?<!\w)(?:{_spaces_optional(alternation)})(?!\w)")
+        ]
         pattern_rules = [(f"{category} pattern {i}", p) for i, p in enumerate(patterns, 1)]
         super().__init__(name)
         self._category = category
@@ -162,8 +186,8 @@ class KeywordJudge(_LocalJudge):
             _Rulebook.build(pattern_rules, re.IGNORECASE),
         )
 
-    def _find(self, text: str) -> list[tuple[str, str]]:
-        label = _first_label(self._books, normalize(text))
+    async def _find(self, text: str) -> list[tuple[str, str]]:
+        label = await _first_label(self._books, await readings(text))
         return [] if label is None else [(self._category, label)]
 
 
@@ -171,7 +195,10 @@ class KeywordJudge(_LocalJudge):
 
 PII_KINDS = ("email", "phone", "card", "secret")
 
-_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]++@[\w-]++(?:\.[\w-]++)*\.[^\W\d_]{2,63}(?![\w-])")
+# Bounded by RFC 5321's lengths, so a long text can be searched in windows.
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[\w.%+-]{1,64}+@[\w-]{1,63}+(?:\.[\w-]{1,63}+){0,8}\.[^\W\d_]{2,63}(?![\w-])"
+)
 
 # International: +CC then up to six digit groups, brackets allowed.
 _PHONE_INTL = re.compile(r"\+(?<![\w+]\+)\d{1,3}+(?:[ .-]?+(?:\(\d{1,4}+\)|\d{1,5}+)){1,6}+(?!\d)")
@@ -188,21 +215,39 @@ _PHONE_TRUNK = re.compile(
     r"0(?<![\w+.-]0)(?<!\d[ -]0)\d{1,4}+(?:[ -]\d{2,8}+){1,4}+(?![\w-]|[ -]\d)"
 )
 
-# A run of 13-19 digits with single spaces or dashes. The lookbehinds, placed
-# after the first digit so ``re`` can skip to digits fast, make a match start
-# where the run starts; the lookahead makes it end where the run ends.
-_CARD = re.compile(r"\d(?<!\d\d)(?<!\d[ -]\d)(?:[ -]?\d){12,18}+(?![ -]?\d)")
+
+def _card_pattern(separator: str) -> re.Pattern[str]:
+    """A run of 13-19 digits with runs of up to four ``separator`` characters between them.
+
+    The lookbehinds, placed after the first digit so ``re`` can skip to digits
+    fast, make a match start where the run starts (one per separator length: a
+    lookbehind has a fixed width); the lookahead makes it end where it ends.
+    """
+    starts_run = "".join(rf"(?<!\d{separator}{{{n}}}\d)" for n in range(1, 5))
+    return re.compile(
+        rf"\d(?<!\d\d){starts_run}(?:{separator}{{0,4}}+\d){{12,18}}+(?!{separator}{{0,4}}+\d)"
+    )
+
+
+# Separators are anything neither letter nor digit: spaces, dashes of any
+# kind, dots, slashes, U+2212 minus (newlines are spaces by then). A list
+# ("0958, 4111 1111 1111 1111, ...") would join a card to its neighbours, so
+# a second pattern reads commas and semicolons as the end of a number.
+_CARDS = (_card_pattern(r"[\W_]"), _card_pattern(r"[^\w,;]"))
 
 # Matched on text with case kept: these formats are case sensitive.
 _SECRET_FORMATS: tuple[tuple[str, str], ...] = (
-    ("OpenAI API key", r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}+"),
+    ("OpenAI API key", r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,256}+"),
     ("AWS access key id", r"AKIA[0-9A-Z]{16}(?![0-9A-Za-z])|ASIA[0-9A-Z]{16}(?![0-9A-Za-z])"),
     ("GitHub token", r"gh[pousr]_[A-Za-z0-9]{36,255}+|github_pat_[A-Za-z0-9_]{22,255}+"),
-    ("Slack token", r"xox[baprs]-[A-Za-z0-9-]{10,}+"),
+    ("Slack token", r"xox[baprs]-[A-Za-z0-9-]{10,256}+"),
     ("Google API key", r"AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"),
-    ("Stripe secret key", r"sk_live_[0-9A-Za-z]{16,}+|rk_live_[0-9A-Za-z]{16,}+"),
+    ("Stripe secret key", r"sk_live_[0-9A-Za-z]{16,256}+|rk_live_[0-9A-Za-z]{16,256}+"),
     ("private key", r"-----BEGIN (?:[A-Z0-9]++ ){0,3}PRIVATE KEY(?: BLOCK)?-----"),
-    ("JSON web token", r"eyJ[A-Za-z0-9_-]{8,}+\.eyJ[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{16,}+"),
+    (
+        "JSON web token",
+        r"eyJ[A-Za-z0-9_-]{8,8192}+\.eyJ[A-Za-z0-9_-]{8,8192}+\.[A-Za-z0-9_-]{16,1024}+",
+    ),
 )
 _SECRET_MEMBERS = tuple((re.compile(source), label) for label, source in _SECRET_FORMATS)
 _SECRET = re.compile(
@@ -220,30 +265,49 @@ def _luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _has_email(text: str) -> bool:
-    return "@" in text and _EMAIL.search(text) is not None
-
-
-def _has_phone(text: str) -> bool:
-    if _PHONE_NANP.search(text):
-        return True
-    for match in _PHONE_INTL.finditer(text):
-        if 7 <= sum(char.isdecimal() for char in match.group()) <= 15:
-            return True
-    for match in _PHONE_TRUNK.finditer(text):
-        number = match.group()
-        # A date such as "01-02-2024 10" has too few digits or mixed separators.
-        separators = {char for char in number if char in " -"}
-        if 9 <= sum(char.isdecimal() for char in number) <= 15 and len(separators) == 1:
+async def _any(pattern: re.Pattern[str], text: str, accept: Callable[[str], bool]) -> bool:
+    """Whether some match of ``pattern`` in ``text`` passes ``accept``."""
+    async for match in windows.finditer(pattern, text):
+        if accept(match.group()):
             return True
     return False
 
 
-def _has_card(text: str) -> bool:
-    for match in _CARD.finditer(text):
-        digits = "".join(char for char in match.group() if char.isdecimal())
-        # 0000 0000 0000 0000 passes Luhn but is a placeholder, not a card.
-        if len(set(digits)) > 1 and _luhn_valid(digits):
+def _anything(found: str) -> bool:
+    return True
+
+
+async def _has_email(text: str) -> bool:
+    return "@" in text and await _any(_EMAIL, text, _anything)
+
+
+def _phone_digits(number: str) -> bool:
+    return 7 <= sum(char.isdecimal() for char in number) <= 15
+
+
+def _trunk_number(number: str) -> bool:
+    # A date such as "01-02-2024 10" has too few digits or mixed separators.
+    separators = {char for char in number if char in " -"}
+    return 9 <= sum(char.isdecimal() for char in number) <= 15 and len(separators) == 1
+
+
+async def _has_phone(text: str) -> bool:
+    return (
+        await _any(_PHONE_NANP, text, _anything)
+        or await _any(_PHONE_INTL, text, _phone_digits)
+        or await _any(_PHONE_TRUNK, text, _trunk_number)
+    )
+
+
+def _card_number(found: str) -> bool:
+    digits = "".join(char for char in found if char.isdecimal())
+    # 0000 0000 0000 0000 passes Luhn but is a placeholder, not a card.
+    return len(set(digits)) > 1 and _luhn_valid(digits)
+
+
+async def _has_card(text: str) -> bool:
+    for card in _CARDS:
+        if await _any(card, text, _card_number):
             return True
     return False
 
@@ -255,8 +319,8 @@ def _looks_random(key: str) -> bool:
     return all(any(is_class(char) for char in body) for is_class in classes)
 
 
-def _secret_label(text: str) -> str | None:
-    for match in _SECRET.finditer(text):
+async def _secret_label(text: str) -> str | None:
+    async for match in windows.finditer(_SECRET, text):
         start = match.start()
         label = next((label for p, label in _SECRET_MEMBERS if p.match(text, start)), None)
         if label is not None and (label != "OpenAI API key" or _looks_random(match.group())):
@@ -276,19 +340,23 @@ class PIIJudge(_LocalJudge):
         super().__init__(name)
         self._kinds = frozenset(kinds)
 
-    def _find(self, text: str) -> list[tuple[str, str]]:
-        kept_case = strip_invisible(text)
-        folded = normalize(kept_case)
-        found: list[tuple[str, str]] = []
-        if "email" in self._kinds and _has_email(folded):
-            found.append(("pii_email", "email address"))
-        if "phone" in self._kinds and _has_phone(folded):
-            found.append(("pii_phone", "phone number"))
-        if "card" in self._kinds and _has_card(folded):
-            found.append(("pii_card", "card number"))
-        if "secret" in self._kinds and (label := _secret_label(kept_case)) is not None:
-            found.append(("pii_secret", label))
-        return found
+    async def _find(self, text: str) -> list[tuple[str, str]]:
+        found: dict[str, str] = {}
+        checks = (
+            ("email", "pii_email", "email address", _has_email),
+            ("phone", "pii_phone", "phone number", _has_phone),
+            ("card", "pii_card", "card number", _has_card),
+        )
+        for folded in await readings(text):
+            for kind, category, reason, has in checks:
+                if kind in self._kinds and category not in found and await has(folded):
+                    found[category] = reason
+        if "secret" in self._kinds:
+            for kept_case in await readings(text, fold=False):
+                if (label := await _secret_label(kept_case)) is not None:
+                    found["pii_secret"] = label
+                    break
+        return list(found.items())
 
 
 # --- prompt injection ---------------------------------------------------------
@@ -302,7 +370,9 @@ _ORDERS = r"(?:instructions?|prompts?|rules|directions|guidelines|commands|direc
 _LIMITS = r"(?:restrictions|rules|filters|limits|limitations|guidelines|censorship|boundaries)"
 _PROMPT = r"(?:system (?:prompt|message|instructions)|(?:initial|original|hidden|secret) prompt)"
 _SHOW = r"(?:reveal|print|show|display|output|repeat|recite|leak|dump)"
-_WORDS = r"(?:[^ .!?\n]++ ){0,12}?"  # a few words, one possessive word at a time
+# A few words, one possessive word at a time; a "word" longer than 40
+# characters is not one, which bounds the phrase's length.
+_WORDS = r"(?:[^ .!?\n]{1,40}+ ){0,12}?"
 
 # All start with \b, which ``re`` hoists out of the joined alternation.
 _INJECTION_PHRASES: dict[str, tuple[str, ...]] = {
@@ -357,7 +427,9 @@ _ROLE_MARKERS = (
     r"</s> ?(?:<s> ?)?(?:\[inst\]|<\||<<sys>>|(?:system|assistant|user) ?:)",
 )
 _INJECTION_BOOKS = (
-    _Rulebook.build([(label, p) for label, ps in _INJECTION_PHRASES.items() for p in ps], 0),
+    _Rulebook.build(
+        [(label, _spaces_optional(p)) for label, ps in _INJECTION_PHRASES.items() for p in ps], 0
+    ),
     _Rulebook.build([("fake role marker", p) for p in _ROLE_MARKERS], 0),
 )
 
@@ -370,6 +442,6 @@ class InjectionJudge(_LocalJudge):
         super().__init__(name)
         self._books = (*_INJECTION_BOOKS, _Rulebook.build(extra, re.IGNORECASE))
 
-    def _find(self, text: str) -> list[tuple[str, str]]:
-        label = _first_label(self._books, normalize(text))
+    async def _find(self, text: str) -> list[tuple[str, str]]:
+        label = await _first_label(self._books, await readings(text))
         return [] if label is None else [("prompt_injection", label)]

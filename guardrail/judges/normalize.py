@@ -1,23 +1,45 @@
 """Canonical text for matching, so obfuscated input reads the same as plain input.
 
-``strip_invisible`` undoes the tricks that change how text is encoded but not
-how it looks: compatibility forms (fullwidth, superscript, ligatures),
-invisible format characters, and a few lookalike letters from other scripts.
-``normalize`` also folds whitespace and case; matchers that care about case
-(API keys, tokens) use ``strip_invisible`` alone.
+The output is for matching only and never shown to anyone. Every step works
+one character at a time, so the cost is linear and a text can be normalised
+in chunks (yielding to the event loop between them) with the same result:
 
-The output is for matching only and never shown to anyone: mapping Cyrillic
-lookalikes to Latin mangles genuine Russian text, which is fine because
-keywords go through the same function as the text they are matched against.
+1. Combining marks are dropped before anything else: "i̇gnore" and marks
+   stacked on every letter read as the plain word. Dropping them first also
+   makes the text stream-safe (UAX #15: no run of non-starters at all), which
+   is what keeps ``unicodedata.normalize`` linear; a long run of alternating
+   marks makes its canonical reordering quadratic, holding the GIL.
+2. Invisible characters are removed, or read as spaces: one inside a word
+   hides it ("ig\u200bnore"), one between words joins them
+   ("ignore\u200ball"). ``readings`` gives both readings when the text holds
+   any, so a matcher sees each.
+3. NFKD undoes compatibility forms (fullwidth, superscript, ligatures,
+   mathematical letters); its own combining marks are dropped too.
+4. Letters that Unicode's confusables data says look like a Latin letter or
+   digit (Armenian oh, Greek alpha, dotless i, Cyrillic a) become that letter. Mapping them
+   mangles genuine Greek or Russian text into a mix of scripts, which is fine
+   for matching: keywords go through the same function as the text.
+5. ``normalize`` also folds case and whitespace runs; matchers that care
+   about case (API keys, tokens) use ``strip_invisible``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import unicodedata
-from functools import lru_cache
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 
-__all__ = ["normalize", "strip_invisible"]
+__all__ = ["normalize", "readings", "stream_safe", "strip_invisible"]
+
+# Characters normalised between two turns of the event loop: about a
+# millisecond of work, so a 1 MiB body never holds the loop for long and a
+# judge's timeout can stop it between chunks.
+CHUNK = 8_192
 
 # Characters that render as nothing, so inserting one inside a word hides the
 # word from a matcher but not from a model or a human. All of Unicode 14's
@@ -52,9 +74,11 @@ _INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
     (0x17B4, 0x17B5),  # Khmer inherent vowels
     (0x180B, 0x180D),  # Mongolian free variation selectors
     (0x180F, 0x180F),
+    (0x2800, 0x2800),  # Braille pattern blank
     (0x3164, 0x3164),  # Hangul filler
     (0xFE00, 0xFE0F),  # variation selectors
     (0xFFA0, 0xFFA0),  # halfwidth Hangul filler
+    (0x1D159, 0x1D159),  # musical symbol null notehead
     (0xE0100, 0xE01EF),  # variation selectors supplement
     # C0/C1 controls other than whitespace: a NUL inside a word hides it too.
     (0x0000, 0x0008),
@@ -63,86 +87,198 @@ _INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
     (0x0086, 0x009F),
 )
 
-# Letters from other scripts that look identical to Latin ones in common fonts,
-# by Unicode name so a reader can tell them apart from the Latin letters.
-# Deliberately small and explicit: the full Unicode confusables list maps
-# thousands of characters, many only loosely similar, and would make false
-# matches in ordinary non-Latin text far more likely.
-_LOOKALIKES = {
-    # Cyrillic lower case
-    "CYRILLIC SMALL LETTER A": "a",
-    "CYRILLIC SMALL LETTER IE": "e",
-    "CYRILLIC SMALL LETTER O": "o",
-    "CYRILLIC SMALL LETTER ER": "p",
-    "CYRILLIC SMALL LETTER ES": "c",
-    "CYRILLIC SMALL LETTER U": "y",
-    "CYRILLIC SMALL LETTER HA": "x",
-    "CYRILLIC SMALL LETTER BYELORUSSIAN-UKRAINIAN I": "i",
-    "CYRILLIC SMALL LETTER JE": "j",
-    "CYRILLIC SMALL LETTER DZE": "s",
-    "CYRILLIC SMALL LETTER SHHA": "h",
-    "CYRILLIC SMALL LETTER KOMI DE": "d",
-    "CYRILLIC SMALL LETTER QA": "q",
-    "CYRILLIC SMALL LETTER WE": "w",
-    "CYRILLIC SMALL LETTER PALOCHKA": "l",
-    # Cyrillic upper case
-    "CYRILLIC CAPITAL LETTER A": "A",
-    "CYRILLIC CAPITAL LETTER VE": "B",
-    "CYRILLIC CAPITAL LETTER IE": "E",
-    "CYRILLIC CAPITAL LETTER KA": "K",
-    "CYRILLIC CAPITAL LETTER EM": "M",
-    "CYRILLIC CAPITAL LETTER EN": "H",
-    "CYRILLIC CAPITAL LETTER O": "O",
-    "CYRILLIC CAPITAL LETTER ER": "P",
-    "CYRILLIC CAPITAL LETTER ES": "C",
-    "CYRILLIC CAPITAL LETTER TE": "T",
-    "CYRILLIC CAPITAL LETTER HA": "X",
-    "CYRILLIC CAPITAL LETTER BYELORUSSIAN-UKRAINIAN I": "I",
-    "CYRILLIC CAPITAL LETTER JE": "J",
-    "CYRILLIC CAPITAL LETTER DZE": "S",
-    # Greek
-    "GREEK CAPITAL LETTER ALPHA": "A",
-    "GREEK CAPITAL LETTER BETA": "B",
-    "GREEK CAPITAL LETTER EPSILON": "E",
-    "GREEK CAPITAL LETTER ZETA": "Z",
-    "GREEK CAPITAL LETTER ETA": "H",
-    "GREEK CAPITAL LETTER IOTA": "I",
-    "GREEK CAPITAL LETTER KAPPA": "K",
-    "GREEK CAPITAL LETTER MU": "M",
-    "GREEK CAPITAL LETTER NU": "N",
-    "GREEK CAPITAL LETTER OMICRON": "O",
-    "GREEK CAPITAL LETTER RHO": "P",
-    "GREEK CAPITAL LETTER TAU": "T",
-    "GREEK CAPITAL LETTER UPSILON": "Y",
-    "GREEK CAPITAL LETTER CHI": "X",
-    "GREEK SMALL LETTER OMICRON": "o",
-}
-
-# One table for both jobs, so a single ``str.translate`` pass does them.
-_TABLE: dict[int, str | None] = {
-    code: None for first, last in _INVISIBLE_RANGES for code in range(first, last + 1)
-}
-_TABLE.update({ord(unicodedata.lookup(name)): latin for name, latin in _LOOKALIKES.items()})
+# Blocks with no combining mark in them (a test checks this against
+# ``unicodedata``): skipping them keeps building the mark table fast.
+_MARK_FREE_RANGES: tuple[tuple[int, int], ...] = (
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xAC00, 0xD7A3),  # Hangul syllables
+    (0xD800, 0xF8FF),  # surrogates, private use
+    (0x20000, 0xDFFFF),  # CJK extensions, unassigned planes
+    (0xF0000, 0x10FFFF),  # private use planes
+)
 
 _WHITESPACE_RUN = re.compile(r"\s+")
 
 
-# Every local judge normalises the same request text: the first pays, the rest
-# hit the cache. Small, so at most a few recent texts stay in memory.
-@lru_cache(maxsize=16)
-def strip_invisible(text: str) -> str:
-    """NFKC, invisible characters removed, lookalike letters mapped to Latin; case kept."""
-    # Remove invisibles before NFKC so a base letter and its combining mark
-    # that were split by one still compose.
-    text = text.translate(_TABLE)
-    if unicodedata.is_normalized("NFKC", text):
-        return text
-    # NFKC can produce lookalikes (mathematical Greek letters become Greek),
-    # so map once more.
-    return unicodedata.normalize("NFKC", text).translate(_TABLE)
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """The translation tables, built once on first use (never at import)."""
+
+    invisible: re.Pattern[str]
+    # Before NFKD: marks and invisibles dropped (or invisibles read as
+    # spaces), lookalikes mapped (NFKD would turn some into a space and a mark).
+    joined: dict[int, str | None]
+    spaced: dict[int, str | None]
+    # After NFKD: the marks it produced dropped, lookalikes mapped to Latin.
+    latin: dict[int, str | None]
+    latin_folded: dict[int, str | None]
 
 
-@lru_cache(maxsize=16)
-def normalize(text: str) -> str:
-    """``strip_invisible``, then whitespace runs folded to one space and case folded."""
-    return _WHITESPACE_RUN.sub(" ", strip_invisible(text)).strip().casefold()
+@cache
+def _tables() -> _Tables:
+    invisibles = [code for first, last in _INVISIBLE_RANGES for code in range(first, last + 1)]
+    marks = dict.fromkeys(_marks())
+    lookalikes = _latin_lookalikes()
+    joined: dict[int, str | None] = {**lookalikes, **marks, **dict.fromkeys(invisibles)}
+    spaced: dict[int, str | None] = {**lookalikes, **marks, **dict.fromkeys(invisibles, " ")}
+    folded = {code: latin.casefold() for code, latin in lookalikes.items()}
+    return _Tables(
+        invisible=re.compile(
+            "["
+            + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in _INVISIBLE_RANGES)
+            + "]"
+        ),
+        joined=joined,
+        spaced=spaced,
+        latin={**lookalikes, **marks},
+        latin_folded={**folded, **marks},
+    )
+
+
+def _marks() -> list[int]:
+    """Code points dropped for matching: combining marks, and any whose NFKD starts with one."""
+    found: list[int] = []
+    start = 0
+    for first, last in (*_MARK_FREE_RANGES, (0x110000, 0x110000)):
+        for code in range(start, first):
+            char = chr(code)
+            if unicodedata.category(char) in ("Mn", "Me") or unicodedata.combining(
+                unicodedata.normalize("NFKD", char)[0]
+            ):
+                found.append(code)
+        start = last + 1
+    return found
+
+
+def _latin_lookalikes() -> dict[int, str]:
+    """Each non-Latin character Unicode's confusables data says looks like one Latin letter."""
+    # confusables.json (from Unicode's confusables.txt) maps a prototype to the
+    # characters confusable with it, LRM-wrapped when right-to-left.
+    source = resources.files("confusable_homoglyphs").joinpath("confusables.json")
+    data: dict[str, list[dict[str, str]]] = json.loads(source.read_text("utf-8"))
+    table: dict[int, str] = {}
+    for prototype, entries in data.items():
+        chars = [entry["c"].strip("\u200e") for entry in entries]
+        latin = _latin_letter(prototype, chars)
+        if latin is None:
+            continue
+        for char in chars:
+            # ASCII stays itself; a digit keeps its value (cards in any script).
+            if len(char) != 1 or char.isascii() or unicodedata.category(char) == "Nd":
+                continue
+            # "l", "I" and "1" share one prototype: a capital reads as "I".
+            table.setdefault(ord(char), "I" if latin == "l" and char.isupper() else latin)
+    return table
+
+
+def _latin_letter(prototype: str, chars: list[str]) -> str | None:
+    """The Latin letter or digit a group of confusables stands for, if there is exactly one."""
+    if not prototype.isascii():
+        return None
+    if len(prototype) == 1:
+        return prototype if prototype.isalnum() else None
+    # "rn" is the prototype of "m": a group whose one Latin letter is "m" maps to it.
+    letters = {char for char in chars if len(char) == 1 and char.isascii() and char.isalnum()}
+    return letters.pop() if len(letters) == 1 else None
+
+
+def stream_safe(text: str, *, spaced: bool = False) -> str:
+    """What NFKD is given: marks and invisibles dropped (or invisibles as spaces).
+
+    No character left decomposes to a leading non-starter, so no run of
+    non-starters ever reaches NFKD (UAX #15 allows 30): its reordering is linear.
+    """
+    tables = _tables()
+    return text.translate(tables.spaced if spaced else tables.joined)
+
+
+def _kept(text: str, *, spaced: bool) -> str:
+    """One piece in matching form, case kept; works a character at a time, so pieces concatenate."""
+    text = stream_safe(text, spaced=spaced)
+    if unicodedata.is_normalized("NFKD", text):
+        return text  # lookalikes were mapped with the marks
+    # NFKD can make marks ("é") and lookalikes (mathematical Greek): map again.
+    return unicodedata.normalize("NFKD", text).translate(_tables().latin)
+
+
+def _folded(kept: str) -> str:
+    """A piece of ``_kept`` output, case folded."""
+    # Lookalikes are mapped before and after casefolding: a capital's data
+    # (Greek capital epsilon is "E") is not its small letter's, and
+    # casefolding can add a mark ("İ" becomes "i" and a dot above).
+    return kept.casefold().translate(_tables().latin_folded)
+
+
+def _fold_spaces(piece: str, after_space: bool) -> tuple[str, bool]:
+    """A piece with whitespace runs as one space, none at the start of the text.
+
+    ``after_space`` says whether the text so far ends in a space, so a run
+    split across two pieces still becomes one space; returns it for the next.
+    """
+    piece = _WHITESPACE_RUN.sub(" ", piece)
+    if after_space:
+        piece = piece.lstrip(" ")
+    return piece, piece.endswith(" ") if piece else after_space
+
+
+# The invisibles within ASCII: controls other than whitespace.
+_ASCII_INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
+
+
+def _has_invisible(text: str) -> bool:
+    # ASCII first: a plain character class is several times faster to search.
+    if text.isascii():
+        return _ASCII_INVISIBLE.search(text) is not None
+    return _tables().invisible.search(text) is not None
+
+
+def strip_invisible(text: str, *, spaced: bool = False) -> str:
+    """Marks and invisible characters removed (or, if ``spaced``, invisibles as spaces),
+    compatibility forms undone, lookalike letters mapped to Latin; case and spacing kept."""
+    return _kept(text, spaced=spaced)
+
+
+def normalize(text: str, *, spaced: bool = False) -> str:
+    """``strip_invisible``, then case folded and whitespace runs folded to one space."""
+    folded, _ = _fold_spaces(_folded(_kept(text, spaced=spaced)), True)
+    return folded.rstrip(" ")
+
+
+# Every local judge reads the same request text: the first pays, the rest hit
+# this cache. Small, so at most a few recent texts stay in memory.
+_RECENT: OrderedDict[tuple[str, int], dict[bool, tuple[str, ...]]] = OrderedDict()
+_RECENT_SIZE = 8
+
+
+async def readings(text: str, *, fold: bool = True, chunk: int = CHUNK) -> tuple[str, ...]:
+    """The text in matching form: one reading, or two (invisibles removed, then as spaces)
+    if it holds invisible characters. Long texts yield to the event loop between chunks."""
+    key = (text, chunk)
+    if (cached := _RECENT.get(key)) is None:
+        kept, folded, saw_invisible = await _reading(text, spaced=False, chunk=chunk)
+        cached = {False: (kept,), True: (folded,)}
+        if saw_invisible:
+            kept, folded, _ = await _reading(text, spaced=True, chunk=chunk)
+            cached = {False: (*cached[False], kept), True: (*cached[True], folded)}
+        _RECENT[key] = cached
+        if len(_RECENT) > _RECENT_SIZE:
+            _RECENT.popitem(last=False)
+    _RECENT.move_to_end(key)
+    return cached[fold]
+
+
+async def _reading(text: str, *, spaced: bool, chunk: int) -> tuple[str, str, bool]:
+    """One reading of the text, case kept and folded, and whether it held an invisible."""
+    kept: list[str] = []
+    folded: list[str] = []
+    after_space, saw_invisible = True, False
+    for start in range(0, len(text), chunk):
+        if start:
+            await asyncio.sleep(0)
+        piece = text[start : start + chunk]
+        saw_invisible = saw_invisible or _has_invisible(piece)
+        kept.append(_kept(piece, spaced=spaced))
+        folded_piece, after_space = _fold_spaces(_folded(kept[-1]), after_space)
+        folded.append(folded_piece)
+    return "".join(kept), "".join(folded).rstrip(" "), saw_invisible

@@ -1,0 +1,230 @@
+"""What of an OpenAI chat request the guard screens: every string a receiver may read.
+
+Screening is a deny-list, never an allow-list: the upstream model reads far more
+than ``messages`` (tool descriptions and parameter schemas, ``response_format``,
+``prediction``, file names, image URLs, fields added after this was written),
+and an app may read anything. So every string value anywhere in the body is
+text, and so is every object key that is not one of the API's own field names
+(tool parameter names, ``metadata`` keys, unknown fields). Not screened, because
+they provably are not language:
+
+- numbers, booleans and null;
+- ``model`` at the top level, when it has the shape of a model name;
+- an enum field whose value is in its known set (``role: user``, ``detail: low``);
+  any other value of the field is screened as text;
+- binary media in the slots the API gives it, when strictly base64: ``input_audio.data``,
+  and data URLs of non-text types in ``image_url`` and ``file.file_data``. No judge
+  reads pixels, sound or PDF pages: they are counted (``opaque``), a known limit.
+  A data URL of a text type (``text/*``, JSON, XML, SVG) is decoded and screened,
+  and an image URL that is not a data URL is screened as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from functools import cache
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from guardrail.adapters.base import BadRequest, fold_key
+
+# The API's own field names (chat completions, its content parts and tools) and
+# JSON Schema's keywords: fixed words that carry no user text. Any other key is text.
+_FIELDS = frozenset(
+    """
+    messages model frequency_penalty logit_bias logprobs top_logprobs max_tokens
+    max_completion_tokens n presence_penalty response_format seed service_tier stop
+    stream stream_options include_usage include_obfuscation temperature top_p tools
+    tool_choice parallel_tool_calls user function_call functions metadata modalities
+    audio voice prediction reasoning_effort store web_search_options user_location
+    approximate city country region timezone search_context_size verbosity
+    prompt_cache_key safety_identifier
+    role content name tool_calls tool_call_id refusal id function arguments type text
+    image_url url detail input_audio data format file file_data file_id filename
+    custom input description parameters strict json_schema schema grammar definition
+    syntax allowed_tools mode
+    properties required items enum const title default additionalProperties anyOf
+    allOf oneOf not $ref $defs definitions pattern minimum maximum exclusiveMinimum
+    exclusiveMaximum minLength maxLength minItems maxItems uniqueItems multipleOf
+    examples nullable patternProperties prefixItems propertyNames minProperties
+    maxProperties $schema $id $comment if then else dependentRequired dependentSchemas
+    contains contentEncoding contentMediaType unevaluatedProperties deprecated
+    readOnly writeOnly
+    """.split()
+)
+
+# Enum fields and their known values: a value in its set is a fixed word, not text.
+_ENUMS: dict[str, frozenset[str]] = {
+    key: frozenset(values.split())
+    for key, values in {
+        "role": "system developer user assistant tool function",
+        "type": "text image_url input_audio file refusal function custom json_schema "
+        "json_object content allowed_tools grammar approximate "
+        "string number integer boolean object array null",  # JSON Schema types
+        "detail": "auto low high",
+        "reasoning_effort": "none minimal low medium high",
+        "verbosity": "low medium high",
+        "service_tier": "auto default flex scale priority",
+        "tool_choice": "none auto required",
+        "function_call": "none auto",
+        "modalities": "text audio",
+        "search_context_size": "low medium high",
+        "syntax": "lark regex",
+        "mode": "auto required",
+        "format": "wav mp3 aac flac opus pcm16 text grammar "
+        "date-time date time duration email hostname ipv4 ipv6 uri uuid",
+    }.items()
+}
+
+# Letters, digits and the punctuation model names use ("openai/gpt-4o-mini",
+# "ft:gpt-4o:org::id"): no spaces, so no sentence fits in it.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+_DATA_URL = re.compile(r"data:([^,]{0,256}),", re.IGNORECASE)
+# Strict base64 (line breaks allowed, as MIME writes it): anything else is not
+# a payload a decoder reads as we would, so it is screened as text.
+_BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]*={0,2}")
+_TEXT_TYPES = frozenset(
+    {"application/json", "application/xml", "application/javascript", "application/yaml"}
+)
+
+
+class _Reading:
+    """Walks a parsed body, collecting the text to screen and counting binary parts."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.opaque = 0
+
+    def value(self, value: Any, key: str | None, parent: str | None) -> None:
+        # Recursion is bounded: read_json refused anything nested deeper than MAX_DEPTH.
+        # Plain strings are taken inline: a body may hold a million of them.
+        pieces = self.pieces
+        if isinstance(value, str):
+            self.string(value, key, parent)
+        elif isinstance(value, dict):
+            for child_key, child in value.items():
+                if child_key not in _FIELDS and not _is_index(child_key) and child_key.strip():
+                    pieces.append(child_key)
+                if type(child) is str and _plain(child_key, key):
+                    if child.strip():
+                        pieces.append(child)
+                elif isinstance(child, str | dict | list):
+                    self.value(child, child_key, key)
+        elif isinstance(value, list):
+            plain = _plain(key, parent)
+            for item in value:
+                if plain and type(item) is str:
+                    if item.strip():
+                        pieces.append(item)
+                elif isinstance(item, str | dict | list):
+                    self.value(item, key, parent)  # items share the list's field and enum
+
+    def string(self, value: str, key: str | None, parent: str | None) -> None:
+        if key in _ENUMS and value in _ENUMS[key]:
+            return
+        if _media(key, parent):
+            self.media(value)
+        elif parent == "input_audio" and key == "data":
+            self.binary(value)
+        else:
+            self.text(value)
+
+    def text(self, value: str) -> None:
+        if value.strip():
+            self.pieces.append(value)
+
+    def binary(self, payload: str) -> None:
+        if _is_base64(payload):
+            self.opaque += 1
+        else:
+            self.text(payload)  # not a payload any decoder reads: whatever it is, screen it
+
+    def media(self, value: str) -> None:
+        """An image or file slot: a data URL, or else a URL (text)."""
+        match = _DATA_URL.match(value)
+        if match is None:
+            self.text(value)
+            return
+        params = [p.strip().lower() for p in match.group(1).split(";")]
+        media_type = params[0] or "text/plain"  # RFC 2397's default
+        payload = value[match.end() :]
+        encoded = "base64" in params[1:]
+        if not _is_text_type(media_type):
+            if encoded:
+                self.binary(payload)
+            else:
+                self.text(unquote_to_bytes(payload).decode("utf-8", "replace"))
+            return
+        raw = _base64_decoded(payload) if encoded else unquote_to_bytes(payload)
+        try:
+            self.text(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest(
+                "invalid_data_url", f"a {media_type} data URL is not UTF-8 text"
+            ) from None
+
+
+def _is_base64(payload: str) -> bool:
+    return (
+        _BASE64.fullmatch(payload) is not None
+        and len(payload.replace("\r", "").replace("\n", "")) % 4 == 0
+    )
+
+
+def _base64_decoded(payload: str) -> bytes:
+    try:
+        return base64.b64decode(payload.replace("\r", "").replace("\n", ""), validate=True)
+    except binascii.Error:
+        # A lenient decoder skips what a strict one refuses: they would read
+        # different text, so neither reading is screened as the receiver's.
+        raise BadRequest("invalid_data_url", "a text data URL is not valid base64") from None
+
+
+def _is_text_type(media_type: str) -> bool:
+    return (
+        media_type.startswith("text/")
+        or media_type in _TEXT_TYPES
+        or media_type.endswith(("+json", "+xml"))
+    )
+
+
+def _media(key: str | None, parent: str | None) -> bool:
+    return key in ("image_url", "file_data") or (parent == "image_url" and key == "url")
+
+
+def _plain(key: str | None, parent: str | None) -> bool:
+    """Whether every string of this field is text, whatever its value."""
+    return key not in _ENUMS and not _media(key, parent) and key != "data"
+
+
+def _is_index(key: str) -> bool:
+    # logit_bias maps token ids to numbers: digits are not language.
+    return key.isascii() and key.isdigit()
+
+
+# Folding maps each character to one or more (no ASCII letter is composed), so a
+# key longer than every field name cannot fold to one: no need to fold it.
+_LONGEST_FIELD = max(map(len, _FIELDS))
+
+
+@cache
+def _folded_fields() -> frozenset[str]:
+    return frozenset(fold_key(name) for name in _FIELDS)
+
+
+def request_text(data: dict[str, Any]) -> tuple[list[str], int]:
+    """Every string of a chat request a receiver may read, in order; and its binary parts."""
+    reading = _Reading()
+    for key, value in data.items():
+        if key not in _FIELDS and len(key) <= _LONGEST_FIELD and fold_key(key) in _folded_fields():
+            # "Stream" or "Me\u017f\u017fages" alone: a receiver that folds keys reads the API's
+            # field, we would read an unknown one (and decide streaming, say, wrongly).
+            raise BadRequest("ambiguous_key", f"{key!r} is not the API's field name; fix its case")
+        if key not in _FIELDS and not _is_index(key):
+            reading.text(key)
+        if key == "model" and isinstance(value, str) and _MODEL_NAME.fullmatch(value):
+            continue
+        reading.value(value, key, None)
+    return reading.pieces, reading.opaque
