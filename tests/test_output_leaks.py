@@ -411,3 +411,26 @@ def test_a_corrupt_compressed_answer_follows_the_fail_mode(on_error: str, refuse
         # Fail-open passes the app's bytes on as they came (never screened as text).
         assert response.headers["content-encoding"] == "gzip"
         assert raw == corrupt
+
+
+def test_an_llm_window_judge_sees_the_previous_window_s_tail(stub_llm_factory: Any) -> None:
+    judge = stub_llm_factory()  # answers "not flagged" and records what it was asked
+    sentences = [f"Sentence {i} is about the garden and the trees. " for i in range(8)]
+    pol = parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges:\n"
+        "  injection: {type: injection}\n"
+        f"  out: {{type: llm, model: openai/out, api_base: '{judge.base_url}'}}\n"
+        "input: {screens: [{judge: injection}]}\n"
+        "output: {screens: [{judge: out, timeout_s: 5}], window_chars: 100}\n"
+    )
+    server, _ = served(raw_app(events("".join(sentences), 16)), pol)
+    with server:
+        content, _, _ = openai_stream(server)
+    assert content == "".join(sentences)
+    asked = [json.dumps(r) for r in judge.requests]
+    assert len(asked) >= 3
+    # Each window repeats the end of the one before, so some sentence is asked about twice.
+    marks = [sum(f"Sentence {i} is" in a for a in asked) for i in range(8)]
+    assert max(marks) >= 2, marks
