@@ -15,7 +15,7 @@ Everything runs on 127.0.0.1, each part in its own process (``harness``:
   variant: bare; guarded, input screens only; guarded with output screens in
   ``hold_back`` mode, local pii judge (``hold-back local``) or pii plus the LLM
   judge (``hold-back llm``); the same two in ``optimistic`` mode. Output windows
-  are 200 chars with a 20-char overlap, so each answer is screened in 4 windows.
+  are 200 chars with a 64-char overlap, so each answer is screened in 4 windows.
 - this process: an aiohttp client posting streamed chat requests, at
   concurrency 1 and 8.
 
@@ -74,7 +74,7 @@ CHUNKS = 8
 INPUT_SCREEN_S = 0.150
 OUTPUT_JUDGE_S = 0.100
 WINDOW_CHARS = 200
-OVERLAP_CHARS = 20
+OVERLAP_CHARS = 64  # the least the pii judge allows (issue 9: a card is 37 chars)
 REPLY = (
     "Paris is the capital of France and its largest city. It lies on the Seine, in the north"
     " of the country, at the heart of the Ile-de-France region. The city has been the seat of"

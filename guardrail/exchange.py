@@ -117,7 +117,12 @@ class GuardedExchange:
         app_task: asyncio.Future[None],
         watcher: asyncio.Future[None],
     ) -> None:
-        """Release the answer through the output screens; stop the app if it was cut."""
+        """Release the answer through the output screens; stop the app if it was cut.
+
+        ``idle_timeout_s`` is silence from the app's last message (or its start):
+        a deadline moved by every message, so a healthy app answering in pieces
+        is never cut, and a silent one is cut when its deadline passes.
+        """
         assert self.guard.policy.output is not None
         idle_s = self.guard.policy.output.idle_timeout_s
         answer = AnswerScreen(self.guard, request, self._to_client, self.record)
@@ -125,8 +130,6 @@ class GuardedExchange:
         try:
             await hold.release(to=answer.feed)
             while not finished.done():
-                waiting = {finished, watcher} | ({app_task} if not app_task.done() else set())
-                await asyncio.wait(waiting, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
                 if watcher.done() and self.sent_all_at is None:
                     await self._cancel_app(app_task, "client_disconnected")
                     return
@@ -134,13 +137,26 @@ class GuardedExchange:
                     # Broke off (it raised, or returned without finishing its answer):
                     # release what passed, then end by the fail mode. A no-op otherwise.
                     await answer.end_abruptly("app_error")
-                elif not app_task.done() and time.monotonic() - answer.last_fed >= idle_s:
+                    await asyncio.wait({finished, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                silent_until = hold.last_message_at + idle_s
+                if time.monotonic() >= silent_until:
                     await answer.end_abruptly("idle")
                     await self._cancel_app(app_task, "idle")
+                    continue
+                await asyncio.wait(
+                    {finished, watcher, app_task},
+                    timeout=silent_until - time.monotonic(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
         finally:
             finished.cancel()
             await answer.aclose()
         self.record.decision = _after_output(self.record, self.guard.policy.on_error)
+        if answer.app_failed:
+            self.record.decision = "app_error"  # nothing usable came: an error reply, not a refusal
+        elif answer.unscreened and self.record.decision == "allowed":
+            self.record.decision = "error_allowed"  # fail-open released what we could not read
         if self.record.stream_cut is not None and not app_task.done():
             await self._cancel_app(app_task, "blocked")
         elif not app_task.cancelled():

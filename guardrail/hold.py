@@ -22,8 +22,11 @@ class Hold:
         self._held: deque[Message] = deque()
         self._open = False
         self.completed_at: float | None = None  # the app sent its last body message
+        # When the app last sent anything (or started): the output stage's idle clock.
+        self.last_message_at = time.monotonic()
 
     async def __call__(self, message: Message) -> None:
+        self.last_message_at = time.monotonic()
         if _is_last(message):
             self.completed_at = time.perf_counter()
         if self._open:

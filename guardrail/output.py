@@ -1,44 +1,70 @@
 """Screening the app's answer before (hold-back) or while (optimistic) it reaches the client.
 
-After the input verdict the app's messages are fed here in order. A complete
-answer (it has a Content-Length) is held whole, screened once, then released
-or replaced by a refusal. A streamed answer is cut into units (``framing``),
-gathered into windows of text, and each window is screened while the app goes
-on generating the next: windows are screened concurrently and released in
-order. A refused window ends the stream with a well-formed refusal.
+After the input verdict the app's messages are fed here in order. Its
+``Content-Encoding`` is undone first (``content_coding``): the client gets
+the decoded bytes we screened. A complete answer (it has a Content-Length)
+is held whole, screened once, then released or replaced by a refusal. A
+streamed answer is cut into units (``framing``: SSE when its bytes are SSE,
+whatever its headers say), gathered into windows of normalised text
+(``windows``), and each window is screened while the app goes on generating:
+windows are screened concurrently and released in order. A refused window
+ends the stream with a well-formed refusal that continues it.
+
+The values of the app's own response headers are text the client receives:
+they are screened with the first window (or the whole answer), not stripped,
+because apps use them for ids and limits that clients read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from starlette.datastructures import Headers
 from starlette.types import Message, Send
 
 from guardrail.adapters import ChatRequest
+from guardrail.adapters.answer import AnswerParts
+from guardrail.adapters.base import BadRequest
+from guardrail.content_coding import Decoder, Undecodable, codings
 from guardrail.decision import REFUSING
-from guardrail.framing import Framer, SSEFramer, TextFramer, Unit
+from guardrail.framing import Framer, SSEFramer, TextFramer, Unit, looks_like_sse, whole_parts
 from guardrail.guard import Assessment, Guard, Record
+from guardrail.windows import Window, Windows
+
+Then = Literal["finish", "refuse"]
+
+# Headers whose values are structure, not text anyone reads as language.
+_STRUCTURAL = frozenset(
+    {
+        b"content-length",
+        b"content-encoding",
+        b"content-type",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"date",
+        b"vary",
+        b"etag",
+        b"last-modified",
+        b"expires",
+        b"age",
+        b"accept-ranges",
+        b"cache-control",
+    }
+)
 
 
 @dataclass(slots=True)
-class _Window:
-    """Units released together once the window's text has been screened."""
+class _Queued:
+    """A window waiting for its verdict, released in order."""
 
-    units: list[Unit]
+    window: Window
     verdict: asyncio.Future[Assessment] | None  # None: no text, nothing to screen
     # After the last window: "finish" the body, or "refuse" (the stream broke
-    # off and the policy fails closed).
-    then: Literal["finish", "refuse"] | None = None
-
-
-@dataclass(slots=True)
-class _Pending:
-    units: list[Unit] = field(default_factory=list)
-    text: str = ""
+    # off or could not be read, and the policy fails closed).
+    then: Then | None = None
 
 
 class AnswerScreen:
@@ -47,200 +73,392 @@ class AnswerScreen:
     def __init__(self, guard: Guard, request: ChatRequest, send: Send, record: Record) -> None:
         assert guard.policy.output is not None
         self.guard, self.request, self._send, self.record = guard, request, send, record
-        self.stage = guard.policy.output
-        self.hold_back = self.stage.mode == "hold_back"
-        self.finished = asyncio.Event()  # everything released, or the stream was cut
-        self.last_fed = time.monotonic()
+        self.stage = stage = guard.policy.output
+        self.hold_back = stage.mode == "hold_back"
+        self.fail_closed = guard.policy.on_error != "allow"
+        self.finished = asyncio.Event()  # everything released, or the answer was cut
+        self.answered = False  # the app started its response
+        self.unscreened = False  # released without screening (undecodable, fail-open)
+        self.app_failed = False  # fail-open, and the app sent nothing usable: an error went out
+        self._start_message: Message | None = None  # held until the first release
+        self._header_text: tuple[str, ...] = ()
+        self._started = False  # the response start went to the client
+        self._decoder: Decoder | None = None
+        self._undecodable = False
+        self._sniffed = b""  # the first bytes, until they say whether the body is SSE
+        self._sse_header = False
         self._framer: Framer | None = None
-        self._whole: list[Message] | None = None  # a complete answer being held
-        self._pending = _Pending()
-        self._overlap = ""
-        self._windows: asyncio.Queue[_Window] = asyncio.Queue()
+        self._whole: list[bytes] | None = None  # a complete answer being held
+        self._whole_encoded = False  # held as sent (decoded at its end)
+        self._original_start: Message = {}
+        self._windows = Windows(
+            window_chars=stage.window_chars,
+            overlap_chars=stage.overlap_chars,
+            hold_back=self.hold_back,
+            max_raw_bytes=stage.max_event_bytes,
+        )
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._releaser: asyncio.Task[None] | None = None
         self._write = asyncio.Lock()
         self._cut = False
         self._ending = False  # the answer's last message arrived, or it broke off
+        self._ident: str | None = None
+        self._model: str | None = None
+        self._released_text = False
 
     async def feed(self, message: Message) -> None:
         """One message from the app, in order."""
-        self.last_fed = time.monotonic()
-        if self._cut:
+        if self._cut or self._ending:
             return
         if message["type"] == "http.response.start":
+            self.answered = True
             await self._start(message)
-        elif message["type"] != "http.response.body":
+            return
+        if message["type"] != "http.response.body":
             await self._forward(message)  # trailers and extensions pass as they are
-        elif self._whole is not None:
-            self._whole.append(message)
-            if not message.get("more_body", False):
+            return
+        last = not message.get("more_body", False)
+        chunk = message.get("body", b"")
+        body = chunk if self._whole_encoded else self._decode(chunk, last=last)
+        if self._whole is not None:
+            self._whole.append(body)
+            if last:
                 self._ending = True
                 await self._screen_whole()
-        else:
-            assert self._framer is not None
-            last = not message.get("more_body", False)
-            units = self._framer.feed(message.get("body", b""))
-            if last:
-                units += self._framer.flush()
-            for unit in units:
-                await self._add(unit)
-            if last:
-                self._ending = True
-                self._close_window(then="finish")
+            return
+        await self._stream(body, last=last)
 
     async def end_abruptly(self, reason: str) -> None:
         """The app stopped without finishing (idle, or it raised): screen the tail, then end.
 
         What was received is screened and released as usual; the policy's fail
-        mode decides whether the stream then ends with a refusal.
+        mode decides whether the answer then ends with a refusal. Either way
+        the client gets a well-formed response.
         """
         if self._cut or self._ending or self.finished.is_set():
             return
         self._ending = True
         self.record.stream_cut = reason
-        fail_closed = self.guard.policy.on_error != "allow"
-        if self._framer is None:  # nothing streamed yet, or a complete answer cut short
-            if fail_closed:
+        units: list[Unit] = []
+        if self._whole is None and (self._framer is not None or self._sniffed):
+            units = self._frame(b"", last=True)  # the tail (this may decide the framing)
+        if self._whole is not None or self._releaser is None:
+            # Nothing streamed yet, or a complete answer cut short: nothing of it goes out.
+            if self.fail_closed:
                 await self._refuse_whole()
-            elif self._whole:
-                for message in self._whole:
-                    await self._forward(message)
+            else:
+                await self._app_failed(reason)
             self.finished.set()
             return
-        for unit in self._framer.flush():
+        for unit in units:
             await self._add(unit)
-        self._close_window(then="refuse" if fail_closed else "finish")
+        if not self._cut:
+            self._close(then="refuse" if self.fail_closed else "finish")
 
     async def aclose(self) -> None:
         """Stop screening (the client left or the request ended)."""
         if self._releaser is not None:
             self._releaser.cancel()
             await asyncio.gather(self._releaser, return_exceptions=True)
-        while not self._windows.empty():
-            window = self._windows.get_nowait()
-            if window.verdict is not None:
-                window.verdict.cancel()
+        self._cancel_queued()
 
     # --- the start of the answer ---------------------------------------------------
 
     async def _start(self, message: Message) -> None:
-        headers = Headers(raw=message.get("headers", []))
-        sse = headers.get("content-type", "").startswith("text/event-stream")
-        if (
-            "content-length" in headers
-            or headers.get("content-encoding", "identity") != "identity"
-            or (not sse and self.stage.plain_text == "whole")
-        ):
-            # A complete (or compressed) answer: hold it whole, screen it once.
-            self._whole = [message]
-            return
-        if sse:
-            self._framer = SSEFramer(
-                self.guard.adapter.event_text, max_event_bytes=self.stage.max_event_bytes
-            )
-        else:
-            self._framer = TextFramer()
-        self._releaser = asyncio.ensure_future(self._release_in_order())
-        await self._forward(message)  # headers now: the body follows once screened
+        raw = list(message.get("headers", []))
+        headers = Headers(raw=raw)
+        applied = codings(raw)
+        if applied:
+            try:
+                self._decoder = Decoder(applied, cap=self.stage.max_answer_bytes)
+            except Undecodable:
+                self._undecodable = True
+            else:
+                # The client gets the decoded bytes we screen: the headers say so.
+                raw = [
+                    (k, v)
+                    for k, v in raw
+                    if k.lower() not in (b"content-encoding", b"content-length")
+                ]
+        self._start_message = {**message, "headers": raw}
+        self._header_text = tuple(
+            f"{k.decode('latin-1')}: {v.decode('latin-1')}"
+            for k, v in raw
+            if k.lower() not in _STRUCTURAL
+        )
+        self._sse_header = headers.get("content-type", "").startswith("text/event-stream")
+        if "content-length" in headers or self._undecodable:
+            # A complete answer (or one we cannot read): held whole, as it came, and
+            # decoded at its end, so a fail-open release can pass it on unchanged.
+            self._whole, self._whole_encoded = [], True
+            self._original_start = message
 
     # --- a complete answer -----------------------------------------------------------
 
     async def _screen_whole(self) -> None:
         assert self._whole is not None
-        held, self._whole = self._whole, []
-        encoded = Headers(raw=held[0].get("headers", [])).get("content-encoding", "identity")
-        body = b"".join(m.get("body", b"") for m in held[1:])
-        if encoded != "identity":
-            assessment = None  # cannot read it, so cannot screen it: fail mode decides
-            refuse = self.guard.policy.on_error != "allow"
-            self.record.stream_cut = "error" if refuse else None
-        else:
-            assessment = await self.guard.assess(self.guard.adapter.answer_text(body), "output")
-            self.record.outputs.append(assessment)
-            refuse = assessment.decision in REFUSING
-        if refuse:
+        body = b"".join(self._whole)
+        if self._whole_encoded and self._decoder is not None and not self._undecodable:
+            try:
+                body = self._decoder.feed(body) + self._decoder.finish()
+            except Undecodable:
+                self._undecodable = True
+        if self._undecodable:
+            # Cannot read it, so cannot screen it (and never as text): the fail mode decides.
+            if self.fail_closed:
+                self.record.stream_cut = "error"
+                await self._refuse_whole()
+            elif self._whole_encoded:
+                self.unscreened = True
+                await self._release_whole(body, original=True)
+            else:
+                await self._app_failed("error")  # part of it was decoded: nothing whole to pass
+            self.finished.set()
+            return
+        text, body, readable = self._whole_text(body)
+        if not readable and self.fail_closed:
+            self.record.stream_cut = "error"
+            await self._refuse_whole()
+            self.finished.set()
+            return
+        assessment = await self.guard.assess(text, "output")
+        self.record.outputs.append(assessment)
+        if assessment.decision in REFUSING:
             await self._refuse_whole()
         else:
-            for message in held:
-                await self._forward(message)
+            await self._release_whole(body)
         self.finished.set()
+
+    def _whole_text(self, body: bytes) -> tuple[str, bytes, bool]:
+        """The text of a complete answer, the body to release, and whether all of it was read."""
+        parse = self.guard.adapter.event_parts
+        if self._sse_header or looks_like_sse(body, final=True):
+            units = whole_parts(body, parse)
+            readable = [u for u in units if not u.unreadable]
+            # Fail-open: what cannot be read is stripped, never passed unscreened.
+            body = b"".join(u.raw for u in readable)
+            parts = AnswerParts(
+                tuple(f for u in readable for f in u.flows),
+                (*self._header_text, *(s for u in readable for s in u.side)),
+            )
+            return parts.text(), body, len(readable) == len(units)
+        text = self.guard.adapter.answer_parts(body).text()
+        return "\n".join([*self._header_text, text]), body, True
+
+    async def _release_whole(self, body: bytes, *, original: bool = False) -> None:
+        """The screened body with headers that fit it, or (fail-open) the app's own as sent."""
+        assert self._start_message is not None
+        start = self._original_start if original else self._start_message
+        if not original:
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        await self._forward(start)
+        self._started = True
+        await self._forward({"type": "http.response.body", "body": body})
 
     async def _refuse_whole(self) -> None:
         self._cut = True
+        if self._started:
+            await self._cut_stream_body()
+            return
+        self._started = True
         for message in self.guard.refusal(self.request).messages():
+            await self._forward(message)
+
+    async def _app_failed(self, reason: str) -> None:
+        """Fail-open, and the app sent nothing usable: an error in the API's shape, not silence."""
+        self._cut = True
+        self._started = True
+        self.app_failed = True
+        status, what = (504, "did not answer in time") if reason == "idle" else (502, "failed")
+        error = BadRequest("app_error", f"the app {what}", status=status)
+        for message in self.guard.adapter.error(error).messages():
             await self._forward(message)
 
     # --- a streamed answer -----------------------------------------------------------
 
+    def _decode(self, body: bytes, *, last: bool) -> bytes:
+        if self._decoder is None or self._undecodable:
+            return body
+        try:
+            return self._decoder.feed(body) + (self._decoder.finish() if last else b"")
+        except Undecodable:
+            self._undecodable = True
+            return b""
+
+    async def _stream(self, body: bytes, *, last: bool) -> None:
+        if self._undecodable:  # corrupt or too large mid-stream: nothing more can be read
+            await self._unreadable()
+            if not self._ending:
+                self._ending = True
+                self._close(then="finish")
+            return
+        units = self._frame(body, last=last)
+        if self._whole is not None:  # the sniffed body is plain text, screened whole
+            if last:
+                self._ending = True
+                await self._screen_whole()
+            return
+        for unit in units:
+            await self._add(unit)
+            if self._cut or self._ending:
+                return
+        if last:
+            self._ending = True
+            self._close(then="finish")
+
+    def _frame(self, body: bytes, *, last: bool) -> list[Unit]:
+        """Units from the next bytes; the first bytes decide how the body is framed."""
+        if self._framer is None:
+            self._sniffed += body
+            sse = self._sse_header or looks_like_sse(self._sniffed, final=last)
+            if sse is None:
+                return []
+            body, self._sniffed = self._sniffed, b""
+            self._begin_stream(sse)
+            if self._whole is not None:
+                self._whole.append(body)
+                return []
+        assert self._framer is not None
+        units = self._framer.feed(body)
+        if last:
+            units += self._framer.flush()
+        return units
+
+    def _begin_stream(self, sse: bool) -> None:
+        if not sse and self.stage.plain_text == "whole":
+            self._whole = []
+            self._framer = TextFramer()  # unused: marks the framing as decided
+            return
+        self._framer = (
+            SSEFramer(self.guard.adapter.event_parts, max_event_bytes=self.stage.max_event_bytes)
+            if sse
+            else TextFramer()
+        )
+        self._releaser = asyncio.ensure_future(self._release_in_order())
+        self._queue_window(self._windows.add(Unit(b"", side=self._header_text)))
+
     async def _add(self, unit: Unit) -> None:
-        pending = self._pending
+        if unit.unreadable:
+            await self._unreadable()
+            return
+        self._ident = self._ident or unit.ident
+        self._model = self._model or unit.model
         if not self.hold_back and not unit.done:
-            await self._forward_live(unit.raw)
+            await self._forward_live(unit)
+            unit = replace(unit, raw=b"")  # sent: its window only screens it
+        self._queue_window(self._windows.add(unit))
+
+    async def _unreadable(self) -> None:
+        """Bytes we cannot read as the client will: refused (fail-closed) or stripped."""
+        if self.fail_closed and not self._ending:
+            self._ending = True
+            self.record.stream_cut = "error"
+            if self._releaser is None:
+                self._cut = True
+                await self._refuse_whole()
+                self.finished.set()
+                return
+            self._close(then="refuse")
         else:
-            # Optimistic mode still holds the end marker: clients stop reading at
-            # [DONE], which would cancel the last window's screen unseen.
-            pending.units.append(unit)
-        pending.text += unit.text
-        if len(pending.text) >= self.stage.window_chars:
-            self._close_window()
-        elif self.hold_back and not pending.text:
-            self._close_window()  # no text waiting before this unit: release it now
+            self.unscreened = True  # counted: the client got less than the app sent
 
-    def _close_window(self, *, then: Literal["finish", "refuse"] | None = None) -> None:
-        pending, self._pending = self._pending, _Pending()
-        verdict = None
-        if pending.text.strip():
-            text = self._overlap + pending.text
-            overlap = self.stage.overlap_chars
-            self._overlap = text[-overlap:] if overlap else ""
-            verdict = asyncio.ensure_future(self.guard.assess(text, "output"))
-        self._windows.put_nowait(_Window(pending.units, verdict, then))
+    def _close(self, *, then: Then) -> None:
+        window = self._windows.close()
+        self._queue.put_nowait(_Queued(window, self._screen(window), then))
 
-    async def _forward_live(self, raw: bytes) -> None:
+    def _queue_window(self, window: Window | None) -> None:
+        if window is not None:
+            self._queue.put_nowait(_Queued(window, self._screen(window)))
+
+    def _screen(self, window: Window) -> asyncio.Future[Assessment] | None:
+        if not window.text.strip():
+            return None
+        return asyncio.ensure_future(self.guard.assess(window.text, "output"))
+
+    async def _forward_live(self, unit: Unit) -> None:
         # Optimistic: released at once, screened alongside. Checked under the
         # lock so that nothing follows a refusal that won the race.
         async with self._write:
-            if raw and not self._cut:
-                await self._send({"type": "http.response.body", "body": raw, "more_body": True})
+            if not self._cut:
+                await self._send_body(unit)
 
     async def _release_in_order(self) -> None:
         while True:
-            window = await self._windows.get()
-            if window.verdict is not None:
-                assessment = await window.verdict
+            queued = await self._queue.get()
+            if queued.verdict is not None:
+                assessment = await queued.verdict
                 self.record.outputs.append(assessment)
                 if assessment.decision in REFUSING:
                     failed = assessment.screening.flag is None and assessment.panel is None
                     await self._cut_stream("error" if failed else "flag")
                     return
-            for unit in window.units:
-                if unit.raw:
-                    await self._forward(
-                        {"type": "http.response.body", "body": unit.raw, "more_body": True}
-                    )
-            if window.then == "refuse":
+            async with self._write:
+                if self._cut:
+                    return
+                for unit in queued.window.release:
+                    await self._send_body(unit)
+            if queued.then == "refuse":
                 await self._cut_stream(self.record.stream_cut or "error")
                 return
-            if window.then == "finish":
-                await self._forward({"type": "http.response.body", "body": b""})
+            if queued.then == "finish":
+                await self._forward_body(b"", more=False)
                 self.finished.set()
                 return
 
+    async def _send_body(self, unit: Unit) -> None:
+        """One unit to the client (the caller holds the write lock)."""
+        await self._send_start()
+        if unit.raw:
+            await self._send({"type": "http.response.body", "body": unit.raw, "more_body": True})
+            self._released_text = self._released_text or any(t.strip() for _, t in unit.flows)
+
+    async def _send_start(self) -> None:
+        if not self._started and self._start_message is not None:
+            self._started = True
+            headers = self._start_message["headers"]
+            if self._decoder is not None:
+                headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            await self._send({**self._start_message, "headers": headers})
+
+    async def _forward_body(self, body: bytes, *, more: bool) -> None:
+        async with self._write:
+            await self._send_start()
+            await self._send({"type": "http.response.body", "body": body, "more_body": more})
+
     async def _cut_stream(self, reason: str) -> None:
         self.record.stream_cut = self.record.stream_cut or reason
-        message = self.guard.policy.refusal.message
-        refusal = (
-            self.guard.adapter.stream_refusal(self.request, message=message)
-            if isinstance(self._framer, SSEFramer)
-            else f"\n{message}\n".encode()
-        )
         async with self._write:
-            self._cut = True
-            await self._send({"type": "http.response.body", "body": refusal})
-        while not self._windows.empty():  # screens still running are not needed now
-            window = self._windows.get_nowait()
-            if window.verdict is not None:
-                window.verdict.cancel()
+            if not self._started:
+                self._cut = True
+            else:
+                await self._cut_stream_body()
+        if not self._started:
+            await self._refuse_whole()
+        self._cancel_queued()
         self.finished.set()
+
+    async def _cut_stream_body(self) -> None:
+        """End a started stream with the refusal (the caller holds the write lock)."""
+        self._cut = True
+        message = self.guard.policy.refusal.message
+        if isinstance(self._framer, SSEFramer):
+            refusal = self.guard.adapter.stream_refusal(
+                self.request,
+                message=message,
+                ident=self._ident,
+                model=self._model,
+                newline=self._released_text,
+            )
+        else:
+            refusal = f"\n{message}\n".encode()
+        await self._send({"type": "http.response.body", "body": refusal})
+
+    def _cancel_queued(self) -> None:
+        while not self._queue.empty():  # screens still running are not needed now
+            queued = self._queue.get_nowait()
+            if queued.verdict is not None:
+                queued.verdict.cancel()
 
     async def _forward(self, message: Message) -> None:
         # Optimistic releases and a cut may race: one write at a time, whole.

@@ -222,16 +222,22 @@ class OutputStage(_Strict):
     """The screens run on the app's answer before it reaches the client."""
 
     screens: tuple[Screen, ...] = Field(min_length=1)
-    # hold_back: a window of a streamed answer is released only once it passed.
+    # hold_back: a window of a streamed answer is released only once it passed,
+    # and the end of each channel's text waits for the next window (see README).
     # optimistic: released at once and screened alongside; a flag cuts the stream,
     # but the client may already have seen the flagged window.
     mode: Literal["hold_back", "optimistic"] = "hold_back"
+    # Sizes count normalised characters: what the judges match, not raw bytes.
     window_chars: PositiveInt = 400
-    # Each window is screened with the end of the previous one, so a phrase split
-    # across two windows is still seen whole.
-    overlap_chars: int = Field(default=40, ge=0)
-    idle_timeout_s: PositiveFloat = 30.0  # a stream silent this long ends by on_error
-    max_event_bytes: PositiveInt = 65_536  # a larger event is screened in pieces
+    # Each window is screened with the end of the previous one, and hold-back
+    # keeps that end back until the next window passed: at least the longest
+    # finding of every judge screening the answer (checked at load).
+    overlap_chars: int = Field(default=64, ge=0)
+    # The context an LLM judge needs to see a finding that spans two windows.
+    llm_context_chars: PositiveInt = 64
+    idle_timeout_s: PositiveFloat = 30.0  # the app silent this long ends the answer by on_error
+    max_event_bytes: PositiveInt = 65_536  # a larger SSE event cannot be read: fail mode
+    max_answer_bytes: PositiveInt = 16_777_216  # a compressed answer inflating past this: fail mode
     # A streamed body that is not server-sent events: screened per window as it
     # flows, or held and screened whole.
     plain_text: Literal["window", "whole"] = "window"

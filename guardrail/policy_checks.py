@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from guardrail.judges.categories import category_key
+from guardrail.reach import overlap_problems
 from guardrail.voting import QuorumRule, Seat, validate
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
     if policy.output is not None:
         if policy.output.overlap_chars >= policy.output.window_chars:
             yield ("output", "overlap_chars"), "the overlap must be smaller than window_chars"
+        yield from overlap_problems(policy)
     uses_panel = policy.on_flag == "vote" or policy.on_error == "vote"
     if uses_panel and policy.panel is None:
         field = "on_flag" if policy.on_flag == "vote" else "on_error"

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import socket
+import string
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,6 +29,7 @@ from typing import Any
 
 import uvicorn
 
+_BASE62 = string.ascii_letters + string.digits
 DEFAULT_REPLY = '{"flagged": false, "categories": [], "reason": "ok"}'
 
 Message = dict[str, Any]
@@ -293,7 +296,9 @@ async def _sse(send: Send, event: dict[str, Any]) -> None:
 
 def _ids(request: dict[str, Any]) -> tuple[str, int, str]:
     return (
-        f"chatcmpl-stub-{time.monotonic_ns()}",
+        # Base62 like real ids: a long decimal id would be a Luhn-valid "card" one time in ten
+        # for an answer screen (ids are text the client receives, so they are screened).
+        "chatcmpl-stub-" + "".join(secrets.choice(_BASE62) for _ in range(24)),
         int(time.time()),
         str(request.get("model", "stub")),
     )

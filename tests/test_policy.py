@@ -144,7 +144,7 @@ def test_cli_check_summarises_the_panel_and_the_answer_screens(tmp_path: Path) -
     done = run_cli("check", str(path))
     assert done.returncode == 0, done.stderr
     assert "panel:     a, b; majority, deadline 2.0s, no quorum: block" in done.stdout
-    assert "answers:   optimistic, windows of 400 chars (overlap 40), screened by injection" in (
+    assert "answers:   optimistic, windows of 400 chars (overlap 64), screened by injection" in (
         done.stdout
     )
 

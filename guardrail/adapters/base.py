@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
+from guardrail.adapters.answer import AnswerParts
+
 
 class BadRequest(Exception):
     """A guarded request we cannot screen; ``code`` is a closed-set reason for metrics."""
@@ -72,7 +74,19 @@ class Adapter(Protocol):
 
     def event_text(self, data: str) -> str: ...
 
-    def stream_refusal(self, request: ChatRequest, *, message: str) -> bytes: ...
+    def answer_parts(self, body: bytes) -> AnswerParts: ...
+
+    def event_parts(self, data: str) -> AnswerParts | None: ...
+
+    def stream_refusal(
+        self,
+        request: ChatRequest,
+        *,
+        message: str,
+        ident: str | None = None,
+        model: str | None = None,
+        newline: bool = False,
+    ) -> bytes: ...
 
 
 # Deeper than any real request; checked without recursion (``_check_values``), so

@@ -6,8 +6,10 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
+from guardrail.adapters.answer import AnswerParts, split_parts, strings
 from guardrail.adapters.base import BadRequest, ChatRequest, Reply, read_json
 from guardrail.adapters.openai_request import request_text
 
@@ -87,18 +89,49 @@ class OpenAIChat:
         return Reply(error.status, json.dumps(body).encode(), list(_JSON))
 
     def answer_text(self, body: bytes) -> str:
-        """The text of a complete answer: every choice's content, refusal and tool calls."""
-        return _choices_text(body.decode("utf-8", "replace"), "message", "\n")
+        """The text of a complete answer: every string in it (see ``answer_parts``)."""
+        return self.answer_parts(body).text()
+
+    def answer_parts(self, body: bytes) -> AnswerParts:
+        """Every string of a complete answer; a body that is not JSON is screened as it is."""
+        raw = body.decode("utf-8", "replace")
+        parts = self.event_parts(raw)
+        return parts if parts is not None else AnswerParts(side=(raw,))
 
     def event_text(self, data: str) -> str:
-        """The text one streamed chunk adds: deltas of content, refusal and tool calls."""
-        return _choices_text(data, "delta", "")
+        """The text of one streamed chunk (see ``event_parts``); not JSON: as it is."""
+        parts = self.event_parts(data)
+        return data if parts is None else parts.text()
 
-    def stream_refusal(self, request: ChatRequest, *, message: str) -> bytes:
-        """The events that end a cut stream: a content_filter chunk, then [DONE]."""
-        model = request.model or "guardrail"
-        ident = f"chatcmpl-guardrail-{uuid.uuid4().hex}"
-        return _refusal_stream(ident, int(time.time()), model, message, role=False)
+    def event_parts(self, data: str) -> AnswerParts | None:
+        """Every string of one chunk: what choices stream is a flow, the rest side values.
+
+        None when ``data`` is not JSON: the client cannot read it as we would.
+        """
+        try:
+            value = json.loads(data, parse_constant=_constant)
+        except (ValueError, RecursionError):
+            return None
+        return _answer_parts(value)
+
+    def stream_refusal(
+        self,
+        request: ChatRequest,
+        *,
+        message: str,
+        ident: str | None = None,
+        model: str | None = None,
+        newline: bool = False,
+    ) -> bytes:
+        """The events that end a cut stream: a content_filter chunk, then [DONE].
+
+        It continues the stream (its ``id`` and ``model``) and, when text was
+        already released, starts on a line of its own.
+        """
+        model = model or request.model or "guardrail"
+        ident = ident or f"chatcmpl-guardrail-{uuid.uuid4().hex}"
+        text = f"\n{message}" if newline else message
+        return _refusal_stream(ident, int(time.time()), model, text, role=False)
 
 
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
@@ -124,20 +157,116 @@ def _refusal_stream(
     )
 
 
-def _choices_text(raw: str, part: str, sep: str) -> str:
-    """The strings of every choice's ``part`` (message or delta), or of whatever came."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        return raw  # not JSON: screen it as it is rather than skip it
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        return sep.join(_strings(data))
-    return sep.join(
-        s
-        for choice in data["choices"]
-        if isinstance(choice, dict)
-        for s in _strings(choice.get(part, choice.get("text", "")))
+# Strings a client joins across streamed chunks, per choice (paths inside a choice).
+_FLOWS = frozenset(
+    {
+        "delta.content",
+        "delta.refusal",
+        "delta.reasoning_content",
+        "delta.reasoning",
+        "delta.tool_calls.function.arguments",
+        "delta.function_call.arguments",
+        "delta.audio.transcript",
+        "text",
+        "logprobs.content.token",
+        "logprobs.refusal.token",
+    }
+)
+# Values that are provably not language: known enums of the API.
+_ENUMS = {
+    "role": frozenset({"assistant", "user", "system", "tool", "developer", "function"}),
+    "finish_reason": frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"}),
+    "object": frozenset({"chat.completion", "chat.completion.chunk"}),
+    "type": frozenset({"function", "text"}),
+}
+# Object keys the API defines; any other key is text a raw reader sees, so screened.
+_KNOWN_KEYS = frozenset(
+    {
+        *_ENUMS,
+        "id",
+        "created",
+        "model",
+        "choices",
+        "index",
+        "delta",
+        "message",
+        "content",
+        "refusal",
+        "logprobs",
+        "usage",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+        "cached_tokens",
+        "reasoning_tokens",
+        "audio_tokens",
+        "accepted_prediction_tokens",
+        "rejected_prediction_tokens",
+        "system_fingerprint",
+        "service_tier",
+        "tool_calls",
+        "function_call",
+        "function",
+        "name",
+        "arguments",
+        "token",
+        "bytes",
+        "logprob",
+        "top_logprobs",
+        "text",
+        "annotations",
+        "audio",
+        "transcript",
+        "reasoning_content",
+        "reasoning",
+    }
+)
+
+
+def _not_text(path: str, text: str) -> bool:
+    if path.endswith("#key"):
+        return text in _KNOWN_KEYS
+    field = path.rsplit(".", 1)[-1]
+    return text in _ENUMS.get(field, ())
+
+
+def _answer_parts(value: Any) -> AnswerParts:
+    """Every string of a chunk or completion; each choice's streamed fields are flows."""
+    if not isinstance(value, dict):
+        return AnswerParts(side=tuple(split_parts(strings(value), _no_channel, _not_text)[1]))
+    choices = value.get("choices")
+    if not isinstance(choices, list):
+        choices = []  # not the API's shape: whatever it holds is screened as side text
+    rest = {k: v for k, v in value.items() if k != "choices" or not isinstance(v, list)}
+    flows, side = split_parts(strings(rest), _no_channel, _not_text)
+    for position, choice in enumerate(choices):
+        index = choice.get("index") if isinstance(choice, dict) else None
+        # A bool is an int to Python, but never an index.
+        key = index if isinstance(index, int) and not isinstance(index, bool) else position
+        f, s = split_parts(strings(choice), partial(_channel, key), _not_text)
+        flows += f
+        side += s
+    ident, model = value.get("id"), value.get("model")
+    return AnswerParts(
+        tuple(flows),
+        tuple(side),
+        ident if isinstance(ident, str) else None,
+        model if isinstance(model, str) else None,
     )
+
+
+def _no_channel(path: str) -> str | None:
+    return None
+
+
+def _channel(index: int, path: str) -> str | None:
+    return f"{index}:{path}" if path in _FLOWS else None
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _strings(value: Any) -> Iterator[str]:

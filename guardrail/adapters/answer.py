@@ -1,0 +1,69 @@
+"""What an answer (or one streamed event of it) says: the text to screen, by where it sits.
+
+Text that a client joins across events (a chat chunk's ``delta.content``, a
+tool call's arguments) is a **flow**: its pieces are screened as one text, in
+order, per channel. Every other string (ids, model names, unknown fields,
+object keys, SSE ``event:``/``id:`` values) is **side** text: a reader sees it
+as a value on its own, so each is screened whole where it appears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+Flow = tuple[str, str]  # (channel, text)
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerParts:
+    """The text of one answer or event: flows by channel, and side values."""
+
+    flows: tuple[Flow, ...] = ()
+    side: tuple[str, ...] = ()
+    ident: str | None = None  # the answer's own id, reused by a refusal that ends its stream
+    model: str | None = None
+
+    def text(self) -> str:
+        """Everything, as one text: each channel's pieces joined, then the side values."""
+        channels: dict[str, list[str]] = {}
+        for channel, piece in self.flows:
+            channels.setdefault(channel, []).append(piece)
+        return "\n".join(["".join(pieces) for pieces in channels.values()] + list(self.side))
+
+
+def strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(path, string) for every string and every object key, however nested.
+
+    The path drops list positions, so one field's pieces share a path across
+    events. Numbers, booleans and nulls are not language and are skipped.
+    """
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield f"{path}#key", str(key)
+            yield from strings(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item, path)
+
+
+def split_parts(
+    pairs: Iterator[tuple[str, str]],
+    channel_of: Callable[[str], str | None],
+    not_text: Callable[[str, str], bool],
+) -> tuple[list[Flow], list[str]]:
+    """Sort (path, string) pairs into flows (``channel_of`` names one) and side values."""
+    flows: list[Flow] = []
+    side: list[str] = []
+    for path, text in pairs:
+        if not text or not_text(path, text):
+            continue
+        channel = channel_of(path)
+        if channel is None:
+            side.append(text)
+        else:
+            flows.append((channel, text))
+    return flows, side
