@@ -3,13 +3,22 @@
 Requests in flight keep the ``Guard`` they started with (each exchange holds
 its own reference); new requests get the new one. A file that fails to read
 or validate (garbage, truncated mid-write, deleted, unreadable) leaves the old
-policy serving; the error is logged with file, line and field, and counted.
+policy serving; the error is logged with file, line and field, counted, and
+``guardrail_policy_reload_failing`` stays 1 until a reload succeeds.
+
+The watch takes a changed file only once it has stopped changing: the same
+size, mtime, inode and content hash at two polls in a row. A policy rewritten
+in place in several writes (an editor, ``cat > file``) may be valid YAML half
+way through, with a screen fewer; it is never served. What is parsed is the
+very bytes that were hashed. Writing the file atomically (write a temporary
+file, then rename it over the policy) is still best: it is taken one poll sooner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -19,7 +28,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from guardrail.guard import Guard
-from guardrail.policy import load_policy
+from guardrail.policy import Policy, parse_policy
 from guardrail.policy_errors import PolicyError
 
 log = logging.getLogger("guardrail")
@@ -44,7 +53,9 @@ class PolicyReloader:
         self.path, self.guard, self.registry = path, guard, registry
         self.interval_s = interval_s
         self._on_swap = on_swap
-        self._seen = _stamp(path)
+        self._seen = _stamp(path)  # the file as last taken (loaded, or failed to)
+        self._changed: Stamp | None = None  # a changed file seen at the last poll
+        self.polls = 0  # file checks so far (tests wait on it, not on the clock)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -69,36 +80,68 @@ class PolicyReloader:
     async def reload(self, why: str = "manual") -> bool:
         """Load the file now; swap it in if valid. Returns whether it was swapped."""
         async with self._lock:
-            metrics, name = self.guard.metrics, self.guard.policy.name
-            try:
-                policy = load_policy(self.path)
-                fresh = Guard.build(policy, registry=self.registry)
-            except PolicyError as exc:
-                metrics.reloads.labels(name, "failure").inc()
-                log.error("policy reload (%s) rejected; still serving %s: %s", why, name, exc)
-                return False
-            old, self.guard = self.guard, fresh
-            self._on_swap(fresh)
-            metrics.reloads.labels(fresh.policy.name, "success").inc()
-            log.info("policy reloaded (%s): %s %s", why, fresh.policy.name, fresh.version)
-            asyncio.get_running_loop().call_later(
-                _RETIRE_AFTER_S, lambda: asyncio.ensure_future(old.aclose())
-            )
-            return True
+            return self._take(_stamp(self.path), why)
+
+    def _take(self, stamp: Stamp | None, why: str) -> bool:
+        self._seen, self._changed = stamp, None
+        metrics, name = self.guard.metrics, self.guard.policy.name
+        try:
+            policy = _load(self.path, stamp)
+            fresh = Guard.build(policy, registry=self.registry)
+        except PolicyError as exc:
+            metrics.reloads.labels(name, "failure").inc()
+            metrics.reload_failing.labels(name).set(1)
+            log.error("policy reload (%s) rejected; still serving %s: %s", why, name, exc)
+            return False
+        old, self.guard = self.guard, fresh
+        self._on_swap(fresh)
+        metrics.reloads.labels(fresh.policy.name, "success").inc()
+        for serving in {name, fresh.policy.name}:
+            metrics.reload_failing.labels(serving).set(0)
+        log.info("policy reloaded (%s): %s %s", why, fresh.policy.name, fresh.version)
+        asyncio.get_running_loop().call_later(
+            _RETIRE_AFTER_S, lambda: asyncio.ensure_future(old.aclose())
+        )
+        return True
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            stamp = _stamp(self.path)
-            if stamp != self._seen:
-                self._seen = stamp
-                await self.reload("file changed")
+            async with self._lock:
+                self._poll()
+                self.polls += 1
+
+    def _poll(self) -> None:
+        stamp = _stamp(self.path)
+        if stamp == self._seen:
+            self._changed = None  # changed and changed back: nothing to take
+        elif stamp == self._changed:
+            self._take(stamp, "file changed")  # the same at two polls: the write is done
+        else:
+            self._changed = stamp  # still being written, maybe: look again next poll
 
 
-def _stamp(path: Path) -> tuple[float, int, int] | None:
-    """What changes when the file does (None: it is gone or unreadable)."""
+Stamp = tuple[int, int, int, str]
+
+
+def _stamp(path: Path) -> Stamp | None:
+    """What changes when the file does: mtime, size, inode, content hash (None: unreadable)."""
     try:
         st = os.stat(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None
-    return (st.st_mtime, st.st_size, st.st_ino)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, digest)
+
+
+def _load(path: Path, stamp: Stamp | None) -> Policy:
+    """The policy in the file, if it still holds the bytes ``stamp`` hashed."""
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError.single(str(path), 0, "", f"cannot read policy file: {exc}") from None
+    if stamp is not None and hashlib.sha256(data).hexdigest() != stamp[3]:
+        # Changed again since it was stamped: the next polls will take it.
+        raise PolicyError.single(str(path), 0, "", "the file changed while it was read")
+    return parse_policy(text, source=str(path))
