@@ -20,7 +20,8 @@ from served import Served, wait_for
 from stub_llm import StubLLM
 
 from examples.chat_app import create_app
-from guardrail import GuardrailMiddleware, PolicyError
+from guardrail import GuardrailMiddleware, PolicyError, parse_policy
+from guardrail.reload import PolicyReloader
 
 REPO = Path(__file__).resolve().parents[1]
 URL = "/v1/chat/completions"
@@ -274,29 +275,70 @@ def test_metrics_add_up_across_two_worker_processes(tmp_path: Path) -> None:
 
 
 def test_scrapes_during_reloads_stay_whole(live) -> None:  # type: ignore[no-untyped-def]
-    path, url, _ = live
-    done = threading.Event()
+    path, url, registry = live
 
-    def churn() -> None:
-        for i in range(40):
-            write_policy(path, message=f"Refused {i}.")
-            done.wait(0.01)
-        done.set()
+    def reloads() -> float:
+        return (
+            registry.get_sample_value(
+                "guardrail_policy_reloads_total", {"policy": "live", "result": "success"}
+            )
+            or 0.0
+        )
 
-    churner = threading.Thread(target=churn)
-    churner.start()
-    scrapes = 0
-    while not done.is_set():
-        response = httpx.get(url + "/metrics")
-        assert response.status_code == 200
-        assert 'guardrail_policy_info{policy="live"' in response.text
-        assert (refusal_of(url, "I love pineapple") or "").startswith("Refused")
-        scrapes += 1
-    churner.join()
-    assert scrapes > 5
-    # A read that caught a write half-done is rejected (and counted); the last
-    # complete write is what ends up serving.
-    assert wait_for(lambda: refusal_of(url, "I love pineapple") == "Refused 39.")
+    # Each round writes a new policy, then scrapes and asks until the reload
+    # of that very write has happened: scrapes and requests overlap every
+    # reload, however slow the machine (no count of loop turns assumed).
+    for i in range(8):
+        before = reloads()
+        write_policy(path, message=f"Refused {i}.")
+        while reloads() == before:
+            response = httpx.get(url + "/metrics", timeout=10)
+            assert response.status_code == 200
+            assert 'guardrail_policy_info{policy="live"' in response.text
+            assert 'guardrail_requests_in_flight{policy="live"}' in response.text
+            assert (refusal_of(url, "I love pineapple") or "").startswith("Refused")
+        assert refusal_of(url, "I love pineapple") == f"Refused {i}."
+
+
+def test_a_policy_written_in_two_parts_is_never_served_half_written(tmp_path: Path) -> None:
+    """The first half is a valid policy with one screen fewer: it must never serve."""
+    path = tmp_path / "live.yaml"
+    write_policy(path, word="pineapple", message="Refused A.")
+    one_line = "input: {screens: [{judge: injection}, {judge: words}]}"
+    whole = POLICY.format(word="mango", message="Refused B.")
+    assert one_line in whole
+    whole = whole.replace(
+        one_line, "input:\n  screens:\n    - {judge: words}\n    - {judge: injection}"
+    )
+    # Cut after the first screen: valid YAML, a valid policy, without the injection screen.
+    half = whole[: whole.index("    - {judge: injection}")]
+    assert parse_policy(half).input.screens != parse_policy(whole).input.screens
+    registry = CollectorRegistry()
+    app = GuardrailMiddleware(
+        create_app(None), policy=path, registry=registry, watch_interval_s=0.05
+    )
+    [reloader] = app._by_route  # its poll count is what the test waits on
+    assert isinstance(reloader, PolicyReloader)
+    with Served(app) as served:
+        assert refusal_of(served.url, INJECTION) == "Refused A."  # the watch has started
+        with path.open("w") as f:  # rewritten in place, as an editor or `cat >` does
+            f.write(half)
+            f.flush()
+            polled = reloader.polls
+            # Two polls see the half file (unchanged between them), and more
+            # after: the old policy still serves, the half one was never taken.
+            assert wait_for(lambda: reloader.polls >= polled + 3, timeout=30)
+            assert refusal_of(served.url, INJECTION) == "Refused A."
+            assert refusal_of(served.url, "I love mango") is None
+            f.write(whole[len(half) :])
+        assert wait_for(lambda: refusal_of(served.url, "I love mango") == "Refused B.", 30)
+        assert refusal_of(served.url, INJECTION) == "Refused B."  # both screens serve
+        assert (
+            sample(registry, "guardrail_policy_reloads_total", policy="live", result="success") == 1
+        )
+        assert (
+            sample(registry, "guardrail_policy_reloads_total", policy="live", result="failure") == 0
+        )
 
 
 def test_audit_file_keeps_every_record_across_a_reload(tmp_path: Path) -> None:
