@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import httpx
 import pytest
 from guarded import BENIGN, INJECTION
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from served import Served, wait_for
 from stub_llm import StubLLM
 
@@ -41,10 +44,13 @@ def write_policy(path: Path, *, word: str = "pineapple", message: str = "Refused
     path.write_text(POLICY.format(word=word, message=message))
 
 
-def refusal_of(url: str, text: str, headers: dict[str, str] | None = None) -> str | None:
+def refusal_of(
+    url: str, text: str, headers: dict[str, str] | None = None, *, timeout: float = 30
+) -> str | None:
     """The refusal text, or None when the app answered."""
     body = {"model": "m", "messages": [{"role": "user", "content": text}]}
-    choice = httpx.post(url + URL, json=body, headers=headers, timeout=10).json()["choices"][0]
+    answer = httpx.post(url + URL, json=body, headers=headers, timeout=timeout)
+    choice = answer.json()["choices"][0]
     return choice["message"]["content"] if choice["finish_reason"] == "content_filter" else None
 
 
@@ -272,6 +278,73 @@ def test_metrics_add_up_across_two_worker_processes(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _in_flight(url: str) -> float | None:
+    """``guardrail_requests_in_flight`` as a scrape of the server reads it (None: no answer)."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(r'^guardrail_requests_in_flight\{policy="default"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else None
+
+
+def _worker_in_flight(metrics_dir: Path, pid: int, scratch: Path) -> float:
+    """What one worker's own file says it holds in flight."""
+    scratch.mkdir(exist_ok=True)
+    for old in scratch.iterdir():
+        old.unlink()
+    shutil.copy(metrics_dir / f"gauge_livesum_{pid}.db", scratch)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(scratch))  # type: ignore[no-untyped-call]
+    return registry.get_sample_value("guardrail_requests_in_flight", {"policy": "default"}) or 0.0
+
+
+def test_a_killed_worker_drops_out_of_requests_in_flight(
+    tmp_path: Path, stub_llm_factory: Callable[..., StubLLM]
+) -> None:
+    """Two workers hold requests; one is killed: in flight falls to what the other holds."""
+    upstream = stub_llm_factory(hang=True)  # the app's model never answers: requests stay held
+    metrics_dir = tmp_path / "prom"
+    metrics_dir.mkdir()
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "--factory", "examples.chat_app:create_app"]
+    args += ["--workers", "2", "--port", str(port), "--log-level", "warning"]
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "OPENAI_API_KEY": "test",
+        "OPENAI_BASE_URL": upstream.base_url,
+    }
+    proc = start(args, env, port)
+    url = f"http://127.0.0.1:{port}"
+    held, outcomes = 8, []
+
+    def ask() -> None:
+        try:  # a connection of its own: the kernel spreads them over the workers
+            refusal_of(url, BENIGN, timeout=120)
+            outcomes.append("answered")
+        except httpx.HTTPError:
+            outcomes.append("dropped")
+
+    askers = [threading.Thread(target=ask, daemon=True) for _ in range(held)]
+    try:
+        for asker in askers:
+            asker.start()
+        assert wait_for(lambda: upstream.count == held, timeout=60)
+        assert wait_for(lambda: _in_flight(url) == held, timeout=60)
+        pids = [int(f.stem.rsplit("_", 1)[1]) for f in metrics_dir.glob("gauge_livesum_*.db")]
+        holding = {pid: _worker_in_flight(metrics_dir, pid, tmp_path / "one") for pid in pids}
+        assert sum(holding.values()) == held
+        victim = max(holding, key=lambda pid: holding[pid])
+        os.kill(victim, signal.SIGKILL)
+        # Its clients see their connections drop; the other worker's still wait.
+        assert wait_for(lambda: outcomes.count("dropped") == holding[victim], timeout=60)
+        assert wait_for(lambda: _in_flight(url) == held - holding[victim], timeout=60)
+        assert outcomes.count("answered") == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_scrapes_during_reloads_stay_whole(live) -> None:  # type: ignore[no-untyped-def]
