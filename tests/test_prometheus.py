@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import subprocess
 import time
@@ -32,9 +33,12 @@ import httpx
 import pytest
 import yaml
 from guarded import BENIGN, CARD, INJECTION, Guarded, guarded_app
-from prometheus_server import Labels, Prometheus, require_binary
+from prometheus_client import CollectorRegistry
+from prometheus_server import Labels, Prometheus, free_port, require_binary
+from served import Served, wait_for
 from stub_llm import StubLLM
 
+from examples.chat_app import create_app
 from guardrail import Policy, parse_policy
 
 OBSERVABILITY = Path(__file__).resolve().parents[1] / "examples" / "observability"
@@ -72,6 +76,41 @@ def test_promtool_accepts_the_rules() -> None:
 def test_the_rules_pass_their_unit_tests() -> None:
     tested = _promtool("test", "rules", RULES_TEST.name)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_the_shipped_config_scrapes_a_target_given_on_the_command_line(tmp_path: Path) -> None:
+    """Outside compose: ``serve HOST:PORT`` runs the shipped config and rules against it."""
+    binary = require_binary("prometheus")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PROMETHEUS": binary,
+        "PROMETHEUS_LISTEN": f"127.0.0.1:{port}",
+        "PROMETHEUS_DIR": str(tmp_path),
+        "PROMETHEUS_SCRAPE_INTERVAL": "1s",
+    }
+    app = create_app(registry=CollectorRegistry())  # the default policy serves /metrics
+    with Served(app) as served, (tmp_path / "prometheus.log").open("wb") as log:
+        target = served.url.removeprefix("http://")
+        command = [str(COMPOSE_CONFIG.parent / "serve"), target, "--", "--log.level=warn"]
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            api = f"http://127.0.0.1:{port}/api/v1"
+
+            def scraped() -> bool:
+                try:
+                    query = {"query": 'up{job="guardrail"} == 1'}
+                    found = httpx.get(f"{api}/query", params=query).json()["data"]["result"]
+                except (httpx.HTTPError, ValueError, KeyError):
+                    return False
+                return [r["metric"]["instance"] for r in found] == [target]
+
+            assert wait_for(scraped, timeout=60), (tmp_path / "prometheus.log").read_text()
+            groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
+            assert sum(len(g["rules"]) for g in groups) == len(_rules())
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def test_promtool_accepts_the_compose_prometheus_config() -> None:
@@ -747,3 +786,16 @@ def test_the_audit_trail_holds_one_record_per_request_prometheus_counted(
     assert by_decision == {d: n for d, n in counted.items() if n}
     assert len({r["request_id"] for r in found}) == total
     assert not any(INJECTION in json.dumps(r) or CARD in json.dumps(r) for r in found)
+
+
+def test_the_dashboard_draws_from_prometheus(observed: Observed, tmp_path: Path) -> None:
+    """examples/observability/render_dashboard.py: every panel it draws has data."""
+    pytest.importorskip("matplotlib", reason="pip install -e '.[observability]'")
+    from examples.observability.render_dashboard import render
+
+    out = tmp_path / "dashboard.png"
+    drawn = render(observed.prom.url, out, start=observed.first, end=observed.rules, policy="test")
+    empty = [name for name, count in drawn.series.items() if not count]
+    assert not empty, f"panels with no data: {empty}"
+    assert len(drawn.series) == 11
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
