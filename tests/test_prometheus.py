@@ -39,7 +39,7 @@ from served import Served, wait_for
 from stub_llm import StubLLM
 
 from examples.chat_app import create_app
-from guardrail import Policy, parse_policy
+from guardrail import GuardrailMiddleware, Policy, parse_policy
 
 OBSERVABILITY = Path(__file__).resolve().parents[1] / "examples" / "observability"
 RULES = OBSERVABILITY / "prometheus" / "rules.yml"
@@ -799,3 +799,43 @@ def test_the_dashboard_draws_from_prometheus(observed: Observed, tmp_path: Path)
     assert not empty, f"panels with no data: {empty}"
     assert len(drawn.series) == 11
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+RELOADABLE = """\
+name: test
+routes: [{path: /v1/chat/completions}]
+judges: {injection: {type: injection}}
+input: {screens: [{judge: injection}]}
+metrics: {path: /metrics}
+"""
+
+
+def test_the_reload_alert_fires_while_the_file_stays_broken(tmp_path: Path) -> None:
+    """Broken file: the alert fires and keeps firing; fixed: it resolves."""
+    binary = require_binary("prometheus")
+    path = tmp_path / "policy.yaml"
+    path.write_text(RELOADABLE)
+    app = GuardrailMiddleware(
+        create_app(None), policy=path, registry=CollectorRegistry(), watch_interval_s=0.05
+    )
+    firing = 'ALERTS{alertname="GuardrailPolicyReloadFailed", alertstate="firing", policy="test"}'
+    with (
+        Served(app) as served,
+        Prometheus(
+            binary,
+            tmp_path,
+            targets=[served.url.removeprefix("http://")],
+            rule_files=[RULES],
+        ) as prom,
+    ):
+        _evaluated_after(prom, _scrape_after(prom, 0.0))
+        assert prom.vector(firing) == {}
+        path.write_text("name: test\nroutes: [garbage")
+        assert prom.wait_until(lambda: bool(prom.vector(firing)), timeout=60), prom.log_tail()
+        # Still broken: later evaluations still fire (no window for it to slide out of).
+        still = _evaluated_after(prom, _scrape_after(prom, time.time()))
+        assert _by(prom.vector(firing, still), "policy") == {"test": 1}
+        path.write_text(RELOADABLE.replace("injection}]}", "injection, timeout_s: 1}]}"))
+        assert prom.wait_until(lambda: not prom.vector(firing), timeout=60), prom.log_tail()
+        reloads = 'guardrail_policy_reloads_total{policy="test"}'
+        assert _by(prom.vector(reloads), "result") == {"success": 1, "failure": 1}

@@ -35,8 +35,9 @@ SERIES = (
     "Added latency p50 / p95 / p99",
     "Judge latency p95",
     "Judge error rate",
-    "Panel votes",
+    "Flags by judge and category",
 )
+UNITS = {"percentunit": "share", "reqps": "per second", "s": "seconds"}
 
 
 @dataclass
@@ -167,6 +168,7 @@ def render(url: str, out: Path, *, start: float, end: float, policy: str = ".*")
         for name, times, values in lines:
             axes.plot([t / 60 for t in times], values, label=name, linewidth=1.4)
         unit = panel["fieldConfig"]["defaults"].get("unit", "")
+        unit = UNITS.get(unit, unit)
         axes.set_title(f"{title} ({unit})" if unit else title, size=11)
         axes.set_xlabel("minutes ago")
         axes.grid(alpha=0.3)
