@@ -110,10 +110,11 @@ class PolicyReloader:
         while True:
             await asyncio.sleep(self.interval_s)
             async with self._lock:
-                self._poll()
+                self.poll()
                 self.polls += 1
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
+        """Look at the file once; take it if it has stopped changing (the watch calls this)."""
         stamp = _stamp(self.path)
         if stamp == self._seen:
             self._changed = None  # changed and changed back: nothing to take

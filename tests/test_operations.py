@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,13 +18,16 @@ from pathlib import Path
 import httpx
 import pytest
 from guarded import BENIGN, INJECTION
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from served import Served, wait_for
 from stub_llm import StubLLM
 
 from examples.chat_app import create_app
-from guardrail import GuardrailMiddleware, PolicyError, parse_policy
+from guardrail import GuardrailMiddleware, PolicyError, load_policy, parse_policy
+from guardrail.guard import Guard
 from guardrail.reload import PolicyReloader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -417,6 +421,38 @@ def test_a_policy_written_in_two_parts_is_never_served_half_written(tmp_path: Pa
         assert (
             sample(registry, "guardrail_policy_reloads_total", policy="live", result="failure") == 0
         )
+
+
+WHOLE = POLICY.format(word="mango", message="Refused B.")
+
+
+@settings(max_examples=60, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=len(WHOLE)))
+def test_a_file_being_written_is_never_taken(
+    tmp_path_factory: pytest.TempPathFactory, cut: int
+) -> None:
+    """Whatever the point a writer pauses at, the watch waits until it closes the file."""
+    path = tmp_path_factory.mktemp("policy") / "live.yaml"
+    write_policy(path, word="pineapple", message="Refused A.")
+
+    async def watch() -> None:
+        registry = CollectorRegistry()
+        serving = Guard.build(load_policy(path), registry=registry)
+        reloader = PolicyReloader(
+            path, serving, registry=registry, interval_s=3600, on_swap=lambda _: None
+        )
+        with path.open("w") as f:  # in place: truncated, then written in two parts
+            for part in (WHOLE[:cut], WHOLE[cut:]):
+                f.write(part)
+                f.flush()
+                for _ in range(3):
+                    reloader.poll()
+                assert reloader.guard is serving
+        for _ in range(2):
+            reloader.poll()
+        assert reloader.guard.policy == parse_policy(WHOLE, source=str(path))
+
+    asyncio.run(watch())
 
 
 def test_audit_file_keeps_every_record_across_a_reload(tmp_path: Path) -> None:
