@@ -81,6 +81,7 @@ class Guard:
             policy.name,
             [s.judge for s in policy.input.screens],
             [s.judge for s in policy.output.screens] if policy.output else (),
+            [s.judge for s in policy.panel.judges] if policy.panel else (),
         )
         adapter = ADAPTERS[policy.format]()
         audit = build_audit(policy, metrics)
@@ -159,6 +160,7 @@ class Guard:
     def _observe_assessment(self, assessment: Assessment) -> None:
         m, policy, stage = self.metrics, self.policy.name, assessment.stage
         for result in assessment.screening.results:
+            child(m.judge_calls, policy, result.judge, stage).inc()
             child(m.judge_duration, policy, result.judge, stage).observe(result.latency_s)
             if result.queued_s:
                 child(m.judge_pool_wait, policy, result.judge, stage).observe(result.queued_s)
@@ -179,10 +181,10 @@ class Guard:
             child(m.overturned, policy).inc()
         for seat in outcome.seats:
             child(m.panel_votes, policy, seat.judge, seat.state).inc()
+            if seat.abstained is not None:  # every abstain vote, cancelled stragglers too
+                child(m.panel_abstentions, policy, seat.judge, seat.abstained).inc()
             if seat.abstained == "cancelled":
                 child(m.panel_cancelled, policy, seat.judge).inc()
-            elif seat.abstained is not None:
-                child(m.panel_abstentions, policy, seat.judge, seat.abstained).inc()
             if seat.result is not None:
                 child(m.judge_duration, policy, seat.judge, "panel").observe(seat.latency_s)
                 if seat.result.queued_s:

@@ -20,12 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail.adapters import BadRequest
 from guardrail.exchange import GuardedExchange
 from guardrail.guard import Guard, Record
+from guardrail.metrics import multiprocess_registry
 from guardrail.policy import Policy, load_policy
 from guardrail.reload import PolicyReloader
 from guardrail.routing import is_canonical, loosest_reading, route_path
@@ -178,10 +178,10 @@ class GuardrailMiddleware:
 
     async def _serve_metrics(self, send: Send) -> None:
         registry = self.guard.metrics.registry
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            # Several worker processes: sum what every worker wrote to the shared directory.
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            # Several worker processes: sum what every live worker wrote to the shared directory.
+            registry = multiprocess_registry(directory)
         body = generate_latest(registry)
         headers = [
             (b"content-type", CONTENT_TYPE_LATEST.encode()),

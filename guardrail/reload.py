@@ -3,13 +3,24 @@
 Requests in flight keep the ``Guard`` they started with (each exchange holds
 its own reference); new requests get the new one. A file that fails to read
 or validate (garbage, truncated mid-write, deleted, unreadable) leaves the old
-policy serving; the error is logged with file, line and field, and counted.
+policy serving; the error is logged with file, line and field, counted, and
+``guardrail_policy_reload_failing`` stays 1 until a reload succeeds.
+
+The watch takes a changed file only once it has stopped changing: the same
+size, mtime, inode and content hash at two polls in a row, and (on Linux) no
+process holding it open for writing. A policy rewritten in place in several
+writes (an editor, ``cat > file``) may be valid YAML half way through, with a
+screen fewer; it is never served. What is parsed is the very bytes that were
+hashed. Writing the file atomically (write a temporary file, then rename it
+over the policy) is still best: nothing half-written ever exists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import signal
@@ -19,7 +30,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from guardrail.guard import Guard
-from guardrail.policy import load_policy
+from guardrail.policy import Policy, parse_policy
 from guardrail.policy_errors import PolicyError
 
 log = logging.getLogger("guardrail")
@@ -44,7 +55,9 @@ class PolicyReloader:
         self.path, self.guard, self.registry = path, guard, registry
         self.interval_s = interval_s
         self._on_swap = on_swap
-        self._seen = _stamp(path)
+        self._seen = _stamp(path)  # the file as last taken (loaded, or failed to)
+        self._changed: Stamp | None = None  # a changed file seen at the last poll
+        self.polls = 0  # file checks so far (tests wait on it, not on the clock)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -69,37 +82,100 @@ class PolicyReloader:
     async def reload(self, why: str = "manual") -> bool:
         """Load the file now; swap it in if valid. Returns whether it was swapped."""
         async with self._lock:
-            metrics, name = self.guard.metrics, self.guard.policy.name
-            try:
-                policy = load_policy(self.path)
-                # Off the loop: building may import LiteLLM, which takes seconds.
-                fresh = await asyncio.to_thread(Guard.build, policy, registry=self.registry)
-            except PolicyError as exc:
-                metrics.reloads.labels(name, "failure").inc()
-                log.error("policy reload (%s) rejected; still serving %s: %s", why, name, exc)
-                return False
-            old, self.guard = self.guard, fresh
-            self._on_swap(fresh)
-            metrics.reloads.labels(fresh.policy.name, "success").inc()
-            log.info("policy reloaded (%s): %s %s", why, fresh.policy.name, fresh.version)
-            asyncio.get_running_loop().call_later(
-                _RETIRE_AFTER_S, lambda: asyncio.ensure_future(old.aclose())
-            )
-            return True
+            return await self._take(_stamp(self.path), why)
+
+    async def _take(self, stamp: Stamp | None, why: str) -> bool:
+        self._seen, self._changed = stamp, None
+        metrics, name = self.guard.metrics, self.guard.policy.name
+        try:
+            policy = _load(self.path, stamp)
+            # Off the loop: building may import LiteLLM, which takes seconds.
+            fresh = await asyncio.to_thread(Guard.build, policy, registry=self.registry)
+        except PolicyError as exc:
+            metrics.reloads.labels(name, "failure").inc()
+            metrics.reload_failing.labels(name).set(1)
+            log.error("policy reload (%s) rejected; still serving %s: %s", why, name, exc)
+            return False
+        old, self.guard = self.guard, fresh
+        self._on_swap(fresh)
+        metrics.reloads.labels(fresh.policy.name, "success").inc()
+        for serving in {name, fresh.policy.name}:
+            metrics.reload_failing.labels(serving).set(0)
+        log.info("policy reloaded (%s): %s %s", why, fresh.policy.name, fresh.version)
+        asyncio.get_running_loop().call_later(
+            _RETIRE_AFTER_S, lambda: asyncio.ensure_future(old.aclose())
+        )
+        return True
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            stamp = _stamp(self.path)
-            if stamp != self._seen:
-                self._seen = stamp
-                await self.reload("file changed")
+            async with self._lock:
+                await self.poll()
+                self.polls += 1
+
+    async def poll(self) -> None:
+        """Look at the file once; take it if it has stopped changing (the watch calls this)."""
+        stamp = _stamp(self.path)
+        if stamp == self._seen:
+            self._changed = None  # changed and changed back: nothing to take
+        elif stamp != self._changed:
+            self._changed = stamp  # changed since the last poll: maybe still being written
+        elif not _open_for_writing(self.path):
+            await self._take(stamp, "file changed")  # the same at two polls, and no writer holds it
 
 
-def _stamp(path: Path) -> tuple[float, int, int] | None:
-    """What changes when the file does (None: it is gone or unreadable)."""
+Stamp = tuple[int, int, int, str]
+
+
+def _stamp(path: Path) -> Stamp | None:
+    """What changes when the file does: mtime, size, inode, content hash (None: unreadable)."""
     try:
         st = os.stat(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None
-    return (st.st_mtime, st.st_size, st.st_ino)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, digest)
+
+
+def _open_for_writing(path: Path) -> bool:
+    """Whether some process holds the file open for writing (Linux; elsewhere: False).
+
+    A writer that pauses between two writes (``cat > file`` between reads) leaves
+    a file that looks finished at two polls. Linux refuses a read lease on a file
+    open for writing anywhere, which tells such a writer apart. The lease is
+    dropped at once: a writer opening the file meanwhile waits only that long.
+    Where leases are unavailable (other systems and file systems, a file owned by
+    another user), two equal polls decide alone.
+    """
+    set_lease = getattr(fcntl, "F_SETLEASE", None)
+    if set_lease is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, set_lease, fcntl.F_RDLCK)
+    except BlockingIOError:
+        return True  # EAGAIN: open for writing somewhere
+    except OSError:
+        return False  # no leases here: unknown
+    else:
+        fcntl.fcntl(fd, set_lease, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _load(path: Path, stamp: Stamp | None) -> Policy:
+    """The policy in the file, if it still holds the bytes ``stamp`` hashed."""
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError.single(str(path), 0, "", f"cannot read policy file: {exc}") from None
+    if stamp is not None and hashlib.sha256(data).hexdigest() != stamp[3]:
+        # Changed again since it was stamped: the next polls will take it.
+        raise PolicyError.single(str(path), 0, "", "the file changed while it was read")
+    return parse_policy(text, source=str(path))

@@ -203,7 +203,7 @@ class Stuck(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.entered.set()
-        self.unblock.wait(5)
+        self.unblock.wait(60)  # a safety net: the test releases it
         self.written.append(record.getMessage())
 
 
@@ -214,17 +214,22 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
     sink = Stuck()
     trail = AuditTrail(sink, encoder, failures=failures, queue_size=2)
     trail.write(Record("allowed", 0.0))
-    assert sink.entered.wait(5)  # the writer holds the first record; the queue is empty
-    start = time.perf_counter()
-    for _ in range(4):
-        trail.write(Record("blocked", 0.0))
-    assert time.perf_counter() - start < 0.5  # never waits for the stuck writer
+    assert sink.entered.wait(30)  # the writer holds the first record; the queue is empty
+    # The writes finish while the sink is still stuck: they never wait for it
+    # (were they to, they could not return before the sink is released below).
+    writer = threading.Thread(target=lambda: [trail.write(Record("blocked", 0.0)) for _ in "abcd"])
+    try:
+        writer.start()
+        writer.join(30)
+        assert not writer.is_alive()
+        assert sink.written == []  # still stuck
 
-    def dropped() -> float | None:
-        return registry.get_sample_value(FAILURES, {"policy": "test", "sink": "file"})
+        def dropped() -> float | None:
+            return registry.get_sample_value(FAILURES, {"policy": "test", "sink": "file"})
 
-    assert dropped() == 2  # two queued, two dropped
-    sink.unblock.set()
+        assert dropped() == 2  # two queued, two dropped
+    finally:
+        sink.unblock.set()
     trail.close()
     assert len(sink.written) == 3
     assert dropped() == 2

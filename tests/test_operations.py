@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,12 +18,17 @@ from pathlib import Path
 import httpx
 import pytest
 from guarded import BENIGN, INJECTION
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from served import Served, wait_for
 from stub_llm import StubLLM
 
 from examples.chat_app import create_app
-from guardrail import GuardrailMiddleware, PolicyError
+from guardrail import GuardrailMiddleware, PolicyError, load_policy, parse_policy
+from guardrail.guard import Guard
+from guardrail.reload import PolicyReloader
 
 REPO = Path(__file__).resolve().parents[1]
 URL = "/v1/chat/completions"
@@ -40,10 +48,13 @@ def write_policy(path: Path, *, word: str = "pineapple", message: str = "Refused
     path.write_text(POLICY.format(word=word, message=message))
 
 
-def refusal_of(url: str, text: str, headers: dict[str, str] | None = None) -> str | None:
+def refusal_of(
+    url: str, text: str, headers: dict[str, str] | None = None, *, timeout: float = 30
+) -> str | None:
     """The refusal text, or None when the app answered."""
     body = {"model": "m", "messages": [{"role": "user", "content": text}]}
-    choice = httpx.post(url + URL, json=body, headers=headers, timeout=10).json()["choices"][0]
+    answer = httpx.post(url + URL, json=body, headers=headers, timeout=timeout)
+    choice = answer.json()["choices"][0]
     return choice["message"]["content"] if choice["finish_reason"] == "content_filter" else None
 
 
@@ -273,30 +284,175 @@ def test_metrics_add_up_across_two_worker_processes(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
+def _in_flight(url: str) -> float | None:
+    """``guardrail_requests_in_flight`` as a scrape of the server reads it (None: no answer)."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(r'^guardrail_requests_in_flight\{policy="default"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else None
+
+
+def _worker_in_flight(metrics_dir: Path, pid: int, scratch: Path) -> float:
+    """What one worker's own file says it holds in flight."""
+    scratch.mkdir(exist_ok=True)
+    for old in scratch.iterdir():
+        old.unlink()
+    shutil.copy(metrics_dir / f"gauge_livesum_{pid}.db", scratch)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(scratch))  # type: ignore[no-untyped-call]
+    return registry.get_sample_value("guardrail_requests_in_flight", {"policy": "default"}) or 0.0
+
+
+def test_a_killed_worker_drops_out_of_requests_in_flight(
+    tmp_path: Path, stub_llm_factory: Callable[..., StubLLM]
+) -> None:
+    """Two workers hold requests; one is killed: in flight falls to what the other holds."""
+    upstream = stub_llm_factory(hang=True)  # the app's model never answers: requests stay held
+    metrics_dir = tmp_path / "prom"
+    metrics_dir.mkdir()
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "--factory", "examples.chat_app:create_app"]
+    args += ["--workers", "2", "--port", str(port), "--log-level", "warning"]
+    # The surviving worker still holds requests at the end: on SIGTERM it gives
+    # them this long, then closes them (by default it would wait for good).
+    args += ["--timeout-graceful-shutdown", "2"]
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "OPENAI_API_KEY": "test",
+        "OPENAI_BASE_URL": upstream.base_url,
+    }
+    proc = start(args, env, port)
+    url = f"http://127.0.0.1:{port}"
+    held, outcomes = 8, []
+
+    def ask() -> None:
+        try:  # a connection of its own: the kernel spreads them over the workers
+            refusal_of(url, BENIGN, timeout=120)
+            outcomes.append("answered")
+        except httpx.HTTPError:
+            outcomes.append("dropped")
+        except (ValueError, KeyError):  # an error answer: the server shutting down at the end
+            outcomes.append("refused")
+
+    askers = [threading.Thread(target=ask, daemon=True) for _ in range(held)]
+    try:
+        for asker in askers:
+            asker.start()
+        assert wait_for(lambda: upstream.count == held, timeout=60)
+        assert wait_for(lambda: _in_flight(url) == held, timeout=60)
+        pids = [int(f.stem.rsplit("_", 1)[1]) for f in metrics_dir.glob("gauge_livesum_*.db")]
+        holding = {pid: _worker_in_flight(metrics_dir, pid, tmp_path / "one") for pid in pids}
+        assert sum(holding.values()) == held
+        victim = max(holding, key=lambda pid: holding[pid])
+        os.kill(victim, signal.SIGKILL)
+        # Its clients see their connections drop; the other worker's still wait.
+        assert wait_for(lambda: outcomes.count("dropped") == holding[victim], timeout=60)
+        assert wait_for(lambda: _in_flight(url) == held - holding[victim], timeout=60)
+        assert outcomes.count("answered") == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def test_scrapes_during_reloads_stay_whole(live) -> None:  # type: ignore[no-untyped-def]
-    path, url, _ = live
-    done = threading.Event()
+    path, url, registry = live
 
-    def churn() -> None:
-        for i in range(40):
-            write_policy(path, message=f"Refused {i}.")
-            done.wait(0.01)
-        done.set()
+    def reloads() -> float:
+        return (
+            registry.get_sample_value(
+                "guardrail_policy_reloads_total", {"policy": "live", "result": "success"}
+            )
+            or 0.0
+        )
 
-    churner = threading.Thread(target=churn)
-    churner.start()
-    scrapes = 0
-    while not done.is_set():
-        response = httpx.get(url + "/metrics")
-        assert response.status_code == 200
-        assert 'guardrail_policy_info{policy="live"' in response.text
-        assert (refusal_of(url, "I love pineapple") or "").startswith("Refused")
-        scrapes += 1
-    churner.join()
-    assert scrapes > 5
-    # A read that caught a write half-done is rejected (and counted); the last
-    # complete write is what ends up serving.
-    assert wait_for(lambda: refusal_of(url, "I love pineapple") == "Refused 39.")
+    # Each round writes a new policy, then scrapes and asks until the reload
+    # of that very write has happened: scrapes and requests overlap every
+    # reload, however slow the machine (no count of loop turns assumed).
+    for i in range(8):
+        before = reloads()
+        write_policy(path, message=f"Refused {i}.")
+        while reloads() == before:
+            response = httpx.get(url + "/metrics", timeout=10)
+            assert response.status_code == 200
+            assert 'guardrail_policy_info{policy="live"' in response.text
+            assert 'guardrail_requests_in_flight{policy="live"}' in response.text
+            assert (refusal_of(url, "I love pineapple") or "").startswith("Refused")
+        assert refusal_of(url, "I love pineapple") == f"Refused {i}."
+
+
+def test_a_policy_written_in_two_parts_is_never_served_half_written(tmp_path: Path) -> None:
+    """The first half is a valid policy with one screen fewer: it must never serve."""
+    path = tmp_path / "live.yaml"
+    write_policy(path, word="pineapple", message="Refused A.")
+    one_line = "input: {screens: [{judge: injection}, {judge: words}]}"
+    whole = POLICY.format(word="mango", message="Refused B.")
+    assert one_line in whole
+    whole = whole.replace(
+        one_line, "input:\n  screens:\n    - {judge: words}\n    - {judge: injection}"
+    )
+    # Cut after the first screen: valid YAML, a valid policy, without the injection screen.
+    half = whole[: whole.index("    - {judge: injection}")]
+    assert parse_policy(half).input.screens != parse_policy(whole).input.screens
+    registry = CollectorRegistry()
+    app = GuardrailMiddleware(
+        create_app(None), policy=path, registry=registry, watch_interval_s=0.05
+    )
+    [reloader] = app._by_route  # its poll count is what the test waits on
+    assert isinstance(reloader, PolicyReloader)
+    with Served(app) as served:
+        assert refusal_of(served.url, INJECTION) == "Refused A."  # the watch has started
+        with path.open("w") as f:  # rewritten in place, as an editor or `cat >` does
+            f.write(half)
+            f.flush()
+            polled = reloader.polls
+            # Two polls see the half file (unchanged between them), and more
+            # after: the old policy still serves, the half one was never taken.
+            assert wait_for(lambda: reloader.polls >= polled + 3, timeout=30)
+            assert refusal_of(served.url, INJECTION) == "Refused A."
+            assert refusal_of(served.url, "I love mango") is None
+            f.write(whole[len(half) :])
+        assert wait_for(lambda: refusal_of(served.url, "I love mango") == "Refused B.", 30)
+        assert refusal_of(served.url, INJECTION) == "Refused B."  # both screens serve
+        assert (
+            sample(registry, "guardrail_policy_reloads_total", policy="live", result="success") == 1
+        )
+        assert (
+            sample(registry, "guardrail_policy_reloads_total", policy="live", result="failure") == 0
+        )
+
+
+WHOLE = POLICY.format(word="mango", message="Refused B.")
+
+
+@settings(max_examples=60, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=len(WHOLE)))
+def test_a_file_being_written_is_never_taken(
+    tmp_path_factory: pytest.TempPathFactory, cut: int
+) -> None:
+    """Whatever the point a writer pauses at, the watch waits until it closes the file."""
+    path = tmp_path_factory.mktemp("policy") / "live.yaml"
+    write_policy(path, word="pineapple", message="Refused A.")
+
+    async def watch() -> None:
+        registry = CollectorRegistry()
+        serving = Guard.build(load_policy(path), registry=registry)
+        reloader = PolicyReloader(
+            path, serving, registry=registry, interval_s=3600, on_swap=lambda _: None
+        )
+        with path.open("w") as f:  # in place: truncated, then written in two parts
+            for part in (WHOLE[:cut], WHOLE[cut:]):
+                f.write(part)
+                f.flush()
+                for _ in range(3):
+                    await reloader.poll()
+                assert reloader.guard is serving
+        for _ in range(2):
+            await reloader.poll()
+        assert reloader.guard.policy == parse_policy(WHOLE, source=str(path))
+
+    asyncio.run(watch())
 
 
 def test_audit_file_keeps_every_record_across_a_reload(tmp_path: Path) -> None:

@@ -15,14 +15,17 @@ window: no extrapolation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +33,13 @@ import httpx
 import pytest
 import yaml
 from guarded import BENIGN, CARD, INJECTION, Guarded, guarded_app
-from prometheus_server import Labels, Prometheus, require_binary
+from prometheus_client import CollectorRegistry
+from prometheus_server import Labels, Prometheus, free_port, require_binary
+from served import Served, wait_for
 from stub_llm import StubLLM
 
-from guardrail import Policy, parse_policy
+from examples.chat_app import create_app
+from guardrail import GuardrailMiddleware, Policy, parse_policy
 
 OBSERVABILITY = Path(__file__).resolve().parents[1] / "examples" / "observability"
 RULES = OBSERVABILITY / "prometheus" / "rules.yml"
@@ -72,6 +78,41 @@ def test_the_rules_pass_their_unit_tests() -> None:
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
+def test_the_shipped_config_scrapes_a_target_given_on_the_command_line(tmp_path: Path) -> None:
+    """Outside compose: ``serve HOST:PORT`` runs the shipped config and rules against it."""
+    binary = require_binary("prometheus")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PROMETHEUS": binary,
+        "PROMETHEUS_LISTEN": f"127.0.0.1:{port}",
+        "PROMETHEUS_DIR": str(tmp_path),
+        "PROMETHEUS_SCRAPE_INTERVAL": "1s",
+    }
+    app = create_app(registry=CollectorRegistry())  # the default policy serves /metrics
+    with Served(app) as served, (tmp_path / "prometheus.log").open("wb") as log:
+        target = served.url.removeprefix("http://")
+        command = [str(COMPOSE_CONFIG.parent / "serve"), target, "--", "--log.level=warn"]
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            api = f"http://127.0.0.1:{port}/api/v1"
+
+            def scraped() -> bool:
+                try:
+                    query = {"query": 'up{job="guardrail"} == 1'}
+                    found = httpx.get(f"{api}/query", params=query).json()["data"]["result"]
+                except (httpx.HTTPError, ValueError, KeyError):
+                    return False
+                return [r["metric"]["instance"] for r in found] == [target]
+
+            assert wait_for(scraped, timeout=60), (tmp_path / "prometheus.log").read_text()
+            groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
+            assert sum(len(g["rules"]) for g in groups) == len(_rules())
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
 def test_promtool_accepts_the_compose_prometheus_config() -> None:
     # It names rules.yml relative to itself, so its rules are checked too.
     checked = _promtool("check", "config", COMPOSE_CONFIG.name)
@@ -95,6 +136,55 @@ def test_every_rule_has_a_unit_test() -> None:
             name = rule["alert"]
             outcomes = {bool(t["exp_alerts"]) for t in alert_tests if t["alertname"] == name}
             assert outcomes == {True, False}, f"{name} needs a firing and a quiet test"
+
+
+def _expand(values: str) -> list[Fraction]:
+    """promtool's series notation (``0+30x360``, ``0x10 6+6x20``) as its samples."""
+    samples: list[Fraction] = []
+    for term in values.split():
+        match = re.fullmatch(r"(-?[\d.]+)(?:([+-][\d.]+))?x(\d+)", term)
+        if match is None:
+            samples.append(Fraction(term))
+            continue
+        start, step, times = match.groups()
+        samples += [Fraction(start) + Fraction(step or 0) * i for i in range(int(times) + 1)]
+    return samples
+
+
+def _exact_rate(step: Fraction) -> bool:
+    """Whether Prometheus computes the rate of a counter growing ``step`` a minute exactly.
+
+    It multiplies the increase by ``1 / window`` (itself rounded): the result
+    must be the true rate for every window the rules use (5m, 30m, 1h, 6h, and
+    1d over the tests' 6 hours of data).
+    """
+    windows = ((5, 5), (30, 30), (60, 60), (360, 360), (360, 1440))
+    return all(
+        float(step * data) * (1.0 / (window * 60.0)) == step * data / (window * 60)
+        for data, window in windows
+    )
+
+
+def test_rule_tests_expect_only_exact_sums() -> None:
+    """Where promtool compares values, every rate is exact in binary floating point.
+
+    promtool compares exactly, and ``sum`` adds series in no fixed order: rates
+    like 1/6 and 1/12 summed to 0.25 in one run and 0.25000000000000006 in the
+    next. Exact rates add up exactly in any order.
+    """
+    tests = yaml.safe_load(RULES_TEST.read_text())
+    assert tests["evaluation_interval"] == "1m"
+    inexact = []
+    for test in tests["tests"]:
+        if not test.get("promql_expr_test"):
+            continue
+        assert test["interval"] == "1m", test["name"]
+        for series in test["input_series"]:
+            samples = _expand(series["values"])
+            for step in {b - a for a, b in itertools.pairwise(samples)}:
+                if not _exact_rate(step):
+                    inexact.append(f"{test['name']}: {series['series']} steps by {step}")
+    assert not inexact, "\n".join(inexact)
 
 
 def _dashboard() -> dict[str, Any]:
@@ -200,7 +290,9 @@ def _policy(screen: StubLLM, panel: StubLLM, straggler: StubLLM, audit: Path) ->
         f"  c: {{type: llm, model: openai/judge-c, api_base: '{straggler.base_url}'}}\n"
         "input:\n"
         "  screens:\n"
-        "    - {judge: screen, timeout_s: 2.0}\n"
+        # Generous: on a loaded machine a stub's answer may take a while; the
+        # traffic's slow screens are cut off by the local flags, never timed out.
+        "    - {judge: screen, timeout_s: 10.0}\n"
         "    - {judge: injection, timeout_s: 1.0}\n"
         "    - {judge: pii, timeout_s: 1.0}\n"
         "on_flag: vote\n"
@@ -219,7 +311,9 @@ def _policy(screen: StubLLM, panel: StubLLM, straggler: StubLLM, audit: Path) ->
 def _panel_reply(request: dict[str, Any]) -> str:
     """The panel blocks the injection, overturns CARD's flag, and fails on UNRULED."""
     text = request["messages"][-1]["content"]
-    if "5555" in text:
+    # With its spaces: the judge prompt's random hex boundary may hold "5555"
+    # (about one prompt in 300), and must not turn a vote into an abstention.
+    if "5555 5555" in text:
         return "no verdict here"
     return UNSAFE if "system prompt" in text else SAFE
 
@@ -274,14 +368,36 @@ def _scrape_after(prom: Prometheus, moment: float) -> float:
     return found[0]
 
 
+def _evaluated_after(prom: Prometheus, moment: float) -> float:
+    """The timestamp of the first evaluation of the shipped rules after ``moment``."""
+    recorded = 'timestamp(guardrail:block_rate:ratio_rate5m{policy="test"})'
+    found: list[float] = []
+
+    def evaluated() -> bool:
+        found[:] = [prom.value(recorded)]
+        return found[0] > moment
+
+    assert prom.wait_until(evaluated), f"no rule evaluation after {moment}:\n{prom.log_tail()}"
+    return found[0]
+
+
 @dataclass
 class Observed:
-    """Prometheus after the traffic: ``base`` and ``last`` are the scrapes around it."""
+    """Prometheus after the traffic: ``base`` and ``last`` are the scrapes around it.
+
+    Before any traffic, ``first`` and ``idle`` are the app's first two scrapes
+    (an idle policy), and ``idle_rules`` an evaluation of the rules after them;
+    ``rules`` is an evaluation of the rules after ``last``.
+    """
 
     prom: Prometheus
     base: float
     last: float
     audit: Path  # the guarded app's audit trail (JSON lines)
+    first: float = 0.0
+    idle: float = 0.0
+    idle_rules: float = 0.0
+    rules: float = 0.0
 
     @property
     def window_s(self) -> float:
@@ -292,10 +408,11 @@ class Observed:
         """The window as a PromQL duration."""
         return f"{round(self.window_s * 1000)}ms"
 
-    def substitute(self, expr: str) -> str:
+    def substitute(self, expr: str, window: str | None = None) -> str:
         """A dashboard expression as Grafana would send it, over the traffic's window."""
+        window = window or self.window
         for name in ("__rate_interval", "__range", "__interval"):
-            expr = expr.replace("${" + name + "}", self.window).replace("$" + name, self.window)
+            expr = expr.replace("${" + name + "}", window).replace("$" + name, window)
         return expr.replace("${policy}", "test").replace("$policy", "test")
 
     def at_last(self, expr: str) -> dict[Labels, float]:
@@ -321,12 +438,17 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
                 rule_files=[RULES],
             )
         )
-        _scrape_after(prom, 0.0)  # the policy's series at zero, before any traffic
-        # The warm-up creates every series the traffic touches, so that all of
-        # them exist at the scrape before the traffic (``base``).
+        # The policy's series at zero, before any traffic: twice, so that rates
+        # over the idle policy exist, and the rules evaluated over them.
+        first = _scrape_after(prom, 0.0)
+        idle = _scrape_after(prom, first)
+        idle_rules = _evaluated_after(prom, idle)
+        # The warm-up touches every series the traffic does; the traffic's
+        # window starts at the scrape after it (``base``).
         base = _scrape_after(prom, _play(app, screen, upstream, WARM_UP))
         last = _scrape_after(prom, _play(app, screen, upstream, TRAFFIC))
-        yield Observed(prom, base, last, audit)
+        rules = _evaluated_after(prom, last)
+        yield Observed(prom, base, last, audit, first, idle, idle_rules, rules)
 
 
 def _panel_queries() -> list[tuple[str, str]]:
@@ -396,22 +518,80 @@ def _close(found: Mapping[Any, float], expected: Mapping[Any, float]) -> bool:
 
 
 def test_the_dashboard_shows_the_traffic_sent(observed: Observed) -> None:
-    t, w = TRAFFIC, observed.window_s
+    t, w, prom = TRAFFIC, observed.window_s, observed.prom
 
     def one(title: str, kind: str = "timeseries", ref: str = "A") -> float:
-        return observed.prom.value(_panel(observed, title, kind, ref), observed.last)
+        return prom.value(_panel(observed, title, kind, ref), observed.last)
 
-    def counts(title: str, *labels: str) -> dict[Any, float]:
+    def counts(title: str, *labels: str, kind: str = "timeseries") -> dict[Any, float]:
         # A rate over the window, times the window: the count in it.
-        return _by(observed.at_last(_panel(observed, title)), *labels, scale=w)
+        return _by(observed.at_last(_panel(observed, title, kind)), *labels, scale=w)
 
+    def recorded(title: str, *labels: str, ref: str = "A") -> dict[Any, float]:
+        # Panels on the recording rules: an evaluation after the traffic, whose
+        # windows (5m, 1h) reach back to the app's first scrape: the whole run.
+        return _by(prom.vector(_panel(observed, title, ref=ref), observed.rules), *labels)
+
+    # Counts over the dashboard's range are whole numbers, exactly the traffic.
     block_rate = (t.blocked + t.failed_closed) / t.total
     assert one("Block rate", "stat") == pytest.approx(block_rate, rel=1e-9)
-    assert one("Block rate") == pytest.approx(block_rate, rel=1e-9)
-    assert one("Decisions", "stat") == pytest.approx(t.total)
-    assert _close(counts("Decisions over time", "decision"), t.decisions)
-    assert one("Fail-open decisions", "stat") == pytest.approx(t.failed_open)
-    assert one("Fail-open decisions") == pytest.approx(t.failed_open)
+    assert one("Decisions", "stat") == t.total
+    assert one("Fail-open decisions", "stat") == t.failed_open
+    outcomes = _by(
+        observed.at_last(_panel(observed, "Decisions by outcome", "bargauge")), "decision"
+    )
+    assert outcomes == t.decisions  # every decision listed, app_error included, none fractional
+    assert all(v == int(v) for v in outcomes.values())
+    reloads = _panel(observed, "Policy reloads", "stat")
+    assert _by(observed.at_last(reloads), "policy", "result") == {
+        ("test", "success"): 0,
+        ("test", "failure"): 0,
+    }
+    failing = _panel(observed, "Policy reloads", "stat", ref="B")
+    assert _by(observed.at_last(failing), "policy") == {"test": 0}
+
+    # Panels on the recording rules: shares of everything sent since the start.
+    assert recorded("Block rate", "policy") == pytest.approx({"test": SENT_BLOCK_RATE})
+    rates = recorded("Decisions over time", "decision")
+    everything = sum(rates.values())
+    shares = {d: r / everything for d, r in rates.items()}
+    assert shares == pytest.approx({d: n / sum(SENT.values()) for d, n in SENT.items()})
+    fail_open = recorded("Fail-open decisions", "policy")["test"]
+    assert fail_open / everything == pytest.approx(SENT["error_allowed"] / sum(SENT.values()))
+    # The LLM screen answered the allowed and the failed-open requests; it was
+    # cut off on the flagged ones. Every call counted from the first, so the
+    # ratio is exact (it read over 1 when its denominator started late).
+    answered = SENT["allowed"] + SENT["error_allowed"]
+    assert recorded("Judge error rate", "judge", "stage") == pytest.approx(
+        {
+            ("screen", "input"): SENT["error_allowed"] / answered,
+            ("injection", "input"): 0,
+            ("pii", "input"): 0,
+        }
+    )
+    escalated = WARM_UP.escalated + t.escalated
+    overturned = WARM_UP.overturned + t.overturned
+    assert recorded("Overturn rate and agreement", "policy") == pytest.approx(
+        {"test": overturned / escalated}
+    )
+    assert recorded("Overturn rate and agreement", "policy", ref="B") == pytest.approx(
+        {"test": SENT["blocked"] / escalated}
+    )
+    latency = recorded("Judge latency p95", "judge", "stage")
+    assert set(latency) == {
+        ("screen", "input"),
+        ("injection", "input"),
+        ("pii", "input"),
+        ("a", "panel"),
+        ("b", "panel"),
+    }
+    # Local judges answer in microseconds: their p95 is no longer stuck at the
+    # 0.5 ms bucket's 475 µs.
+    assert latency[("pii", "input")] < 0.0005
+    quantiles = [recorded("Added latency p50 / p95 / p99", "policy", ref=r)["test"] for r in "ABC"]
+    assert 0 <= quantiles[0] <= quantiles[1] <= quantiles[2]
+    assert 0 <= recorded("Answers within 50 ms", "policy")["test"] <= 1
+
     assert _close(
         counts("Flags by judge and category", "judge", "category"),
         {
@@ -420,39 +600,16 @@ def test_the_dashboard_shows_the_traffic_sent(observed: Observed) -> None:
         },
     )
     assert _close(counts("Rejected unscreened, by reason", "reason"), {"invalid_json": 1})
-
-    # The LLM screen answered the allowed and the failed requests; it was cut
-    # off on the flagged ones.
-    answers = t.allowed + t.failed_open
-    # Per stage: the policy screens input only.
-    assert _close(
-        _by(observed.at_last(_panel(observed, "Judge error rate")), "judge", "stage"),
-        {
-            ("screen", "input"): t.failed_open / answers,
-            ("injection", "input"): 0,
-            ("pii", "input"): 0,
-        },
-    )
     errors = counts("Judge errors by reason", "judge", "stage", "reason")
     assert {k: v for k, v in errors.items() if v} == pytest.approx(
         {("screen", "input", "http"): t.failed_open}
     )
-    latency = _by(observed.at_last(_panel(observed, "Judge latency p95")), "judge", "stage")
-    assert set(latency) == {
-        ("screen", "input"),
-        ("injection", "input"),
-        ("pii", "input"),
-        ("a", "panel"),
-        ("b", "panel"),
-    }
 
-    escalated = t.escalated
-    assert _close(counts("Panel escalations", "stage", "trigger"), {("input", "flag"): escalated})
-    assert one("Overturn rate and agreement", ref="A") == pytest.approx(t.overturned / escalated)
-    assert one("Overturn rate and agreement", ref="B") == pytest.approx(t.blocked / escalated)
+    assert _close(counts("Panel escalations", "stage", "trigger"), {("input", "flag"): t.escalated})
     # Seats a and b settle every vote (or both fail); c, slow, is cut off every time.
+    votes = counts("Panel votes", "judge", "vote")
     assert _close(
-        counts("Panel votes", "judge", "vote"),
+        votes,
         {
             ("a", "block"): t.blocked,
             ("a", "allow"): t.overturned,
@@ -460,14 +617,23 @@ def test_the_dashboard_shows_the_traffic_sent(observed: Observed) -> None:
             ("b", "block"): t.blocked,
             ("b", "allow"): t.overturned,
             ("b", "abstain"): t.failed_closed,
-            ("c", "abstain"): escalated,
+            ("c", "abstain"): t.escalated,
         },
     )
+    abstentions = counts("Panel abstentions by reason", "judge", "reason")
     assert _close(
-        counts("Panel abstentions by reason", "judge", "reason"),
-        {("a", "parse"): t.failed_closed, ("b", "parse"): t.failed_closed},
+        abstentions,
+        {
+            ("a", "parse"): t.failed_closed,
+            ("b", "parse"): t.failed_closed,
+            ("c", "cancelled"): t.escalated,
+        },
     )
-    assert _close(counts("Panel stragglers cancelled", "judge"), {"c": escalated})
+    # The two panels agree: every abstain vote has its reason.
+    for judge in ("a", "b", "c"):
+        said = sum(v for (j, _), v in abstentions.items() if j == judge)
+        assert said == pytest.approx(votes.get((judge, "abstain"), 0.0)), judge
+    assert _close(counts("Panel stragglers cancelled", "judge"), {"c": t.escalated})
     ended = set(_by(observed.at_last(_panel(observed, "Panel time p95")), "ended"))
     assert ended == {"quorum", "no_quorum"}
     assert _close(
@@ -476,18 +642,67 @@ def test_the_dashboard_shows_the_traffic_sent(observed: Observed) -> None:
     )
     versions = _by(observed.at_last(_panel(observed, "Active policy version", "stat")), "policy")
     assert versions == {"test": 1}
-    reloads = _by(observed.at_last(_panel(observed, "Policy reloads")), "policy", "result")
-    assert reloads == {("test", "success"): 0, ("test", "failure"): 0}
     assert one("Requests in flight", "stat") == 0
     assert _by(observed.at_last(_panel(observed, "Requests in flight")), "policy") == {"test": 0}
 
-    p50, p95, p99 = (one("Added latency p50 / p95 / p99", ref=r) for r in "ABC")
-    assert 0 <= p50 <= p95 <= p99
+    p99 = one("Added latency p99", "stat")
+    assert 0 <= p99 <= max(quantiles[2], 5.0)
     assert 0 <= one("Answers within 50 ms", "stat") <= 1
     released = t.allowed + t.overturned + t.failed_open
     held = "guardrail_added_latency_seconds_count"
     count = f'sum(increase({held}{{policy="test"}}[{observed.window}]))'
-    assert observed.prom.value(count, observed.last) == pytest.approx(released)
+    assert prom.value(count, observed.last) == pytest.approx(released)
+
+
+def test_an_idle_policy_reads_zero_not_nan(observed: Observed) -> None:
+    """Before any traffic, ratios read 0 (the dashboard's and the rules' alike)."""
+    window = f"{round((observed.idle - observed.first) * 1000)}ms"
+
+    def at_idle(title: str, kind: str = "timeseries", ref: str = "A") -> float:
+        for panel in _panels(_dashboard()):
+            if (panel["title"], panel["type"]) == (title, kind):
+                expr = next(t["expr"] for t in panel["targets"] if t["refId"] == ref)
+                return observed.prom.value(observed.substitute(expr, window), observed.idle)
+        raise LookupError(title)
+
+    assert at_idle("Block rate", "stat") == 0
+    assert at_idle("Decisions", "stat") == 0
+    assert at_idle("Answers within 50 ms", "stat") == 0
+    prom, at = observed.prom, observed.idle_rules
+    for record in (
+        "guardrail:block_rate:ratio_rate5m",
+        "guardrail:panel_overturn_rate:ratio_rate1h",
+        "guardrail:added_latency_slo_errors:ratio_rate5m",
+    ):
+        assert prom.value(f'{record}{{policy="test"}}', at) == 0, record
+    errors = prom.vector('guardrail:judge_error_rate:ratio_rate5m{policy="test"}', at)
+    assert _by(errors, "judge", "stage") == {
+        ("screen", "input"): 0,
+        ("injection", "input"): 0,
+        ("pii", "input"): 0,
+    }
+
+
+def test_every_series_exists_from_the_first_scrape(observed: Observed) -> None:
+    """Numerators and denominators alike, at zero, before the first request."""
+    prom, at = observed.prom, observed.first
+
+    def labels(expr: str, *names: str) -> set[Any]:
+        return set(_by(prom.vector(expr, at), *names))
+
+    screens = {("screen", "input"), ("injection", "input"), ("pii", "input")}
+    assert labels('guardrail_judge_calls_total{policy="test"} == 0', "judge", "stage") == screens
+    errors = 'sum by (judge, stage) (guardrail_judge_errors_total{policy="test"}) == 0'
+    assert labels(errors, "judge", "stage") == screens
+    votes = 'guardrail_panel_votes_total{policy="test"} == 0'
+    assert labels(votes, "judge", "vote") == {
+        (j, v) for j in "abc" for v in ("block", "allow", "abstain")
+    }
+    cancelled = 'guardrail_panel_abstentions_total{policy="test", reason="cancelled"} == 0'
+    assert labels(cancelled, "judge") == {"a", "b", "c"}
+    decisions = 'guardrail_requests_total{policy="test"} == 0'
+    assert labels(decisions, "decision") == set(TRAFFIC.decisions)
+    assert prom.value('guardrail_policy_reload_failing{policy="test"}', at) == 0
 
 
 def test_raw_counters_add_up(observed: Observed) -> None:
@@ -572,3 +787,56 @@ def test_the_audit_trail_holds_one_record_per_request_prometheus_counted(
     assert by_decision == {d: n for d, n in counted.items() if n}
     assert len({r["request_id"] for r in found}) == total
     assert not any(INJECTION in json.dumps(r) or CARD in json.dumps(r) for r in found)
+
+
+def test_the_dashboard_draws_from_prometheus(observed: Observed, tmp_path: Path) -> None:
+    """examples/observability/render_dashboard.py: every panel it draws has data."""
+    pytest.importorskip("matplotlib", reason="pip install -e '.[observability]'")
+    from examples.observability.render_dashboard import render
+
+    out = tmp_path / "dashboard.png"
+    drawn = render(observed.prom.url, out, start=observed.first, end=observed.rules, policy="test")
+    empty = [name for name, count in drawn.series.items() if not count]
+    assert not empty, f"panels with no data: {empty}"
+    assert len(drawn.series) == 11
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+RELOADABLE = """\
+name: test
+routes: [{path: /v1/chat/completions}]
+judges: {injection: {type: injection}}
+input: {screens: [{judge: injection}]}
+metrics: {path: /metrics}
+"""
+
+
+def test_the_reload_alert_fires_while_the_file_stays_broken(tmp_path: Path) -> None:
+    """Broken file: the alert fires and keeps firing; fixed: it resolves."""
+    binary = require_binary("prometheus")
+    path = tmp_path / "policy.yaml"
+    path.write_text(RELOADABLE)
+    app = GuardrailMiddleware(
+        create_app(None), policy=path, registry=CollectorRegistry(), watch_interval_s=0.05
+    )
+    firing = 'ALERTS{alertname="GuardrailPolicyReloadFailed", alertstate="firing", policy="test"}'
+    with (
+        Served(app) as served,
+        Prometheus(
+            binary,
+            tmp_path,
+            targets=[served.url.removeprefix("http://")],
+            rule_files=[RULES],
+        ) as prom,
+    ):
+        _evaluated_after(prom, _scrape_after(prom, 0.0))
+        assert prom.vector(firing) == {}
+        path.write_text("name: test\nroutes: [garbage")
+        assert prom.wait_until(lambda: bool(prom.vector(firing)), timeout=60), prom.log_tail()
+        # Still broken: later evaluations still fire (no window for it to slide out of).
+        still = _evaluated_after(prom, _scrape_after(prom, time.time()))
+        assert _by(prom.vector(firing, still), "policy") == {"test": 1}
+        path.write_text(RELOADABLE.replace("injection}]}", "injection, timeout_s: 1}]}"))
+        assert prom.wait_until(lambda: not prom.vector(firing), timeout=60), prom.log_tail()
+        reloads = 'guardrail_policy_reloads_total{policy="test"}'
+        assert _by(prom.vector(reloads), "result") == {"success": 1, "failure": 1}
