@@ -22,7 +22,7 @@ def policy(
     *judge_urls: str,
     on_error: str = "block",
     on_flag: str = "block",
-    timeout_s: float = 1.0,
+    timeout_s: float = 10.0,  # generous: a loaded machine must not turn a pass into a timeout
     extra: str = "",
 ) -> Policy:
     """A test policy: local judges, plus an LLM judge per stub URL (llm, llm2, ...)."""

@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` passes; return whether it became true."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -144,7 +144,7 @@ class StubLLM:
         self.stop()
 
     @staticmethod
-    def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
         """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
         deadline = time.monotonic() + timeout
         while True:

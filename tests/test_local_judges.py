@@ -156,7 +156,7 @@ async def test_verdict_names_the_judge_and_measures_latency(judge: Judge) -> Non
     assert verdict.judge == judge.name
     assert verdict.flagged is False
     assert verdict.categories == ()
-    assert 0.0 <= verdict.latency_s < 1.0
+    assert verdict.latency_s >= 0.0
     await judge.aclose()
 
 
