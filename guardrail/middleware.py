@@ -5,9 +5,10 @@ known tenant and its policy guards the route; else the first policy whose
 routes match (a tenant never makes a route less guarded). Routes match the
 path the app routes on (``guardrail.routing``), methods in any case. Refused
 with a clear 4xx, never passed unscreened: a path that is not canonical and
-could reach a guarded route (400), a body sent with a method the guarded
-route does not list (405). Each policy file is watched and reloaded live
-(``guardrail.reload``).
+could reach a guarded route (400), a body or query string sent with a
+method the guarded route does not list (405). A guarded request's query
+string is screened with its body (``routing.query_text``). Each policy
+file is watched and reloaded live (``guardrail.reload``).
 """
 
 from __future__ import annotations
@@ -136,9 +137,10 @@ class GuardrailMiddleware:
                 return
         if guard is None:
             covering = _first(candidates, lambda p: p.route_for(path))
-            if covering is not None and _has_body(scope):
-                # The app might act on this body (a method-agnostic app or
-                # upstream): it would be unscreened. List the method to guard it.
+            if covering is not None and _carries_text(scope):
+                # The app might act on this body or query (a method-agnostic
+                # app or upstream, ``GET ?prompt=``): it would be unscreened.
+                # List the method to guard it.
                 await self._refuse_method(covering, send, path)
                 return
             await self.app(scope, receive, send)
@@ -165,7 +167,7 @@ class GuardrailMiddleware:
         route = guard.policy.route_for(path)
         assert route is not None
         allowed = ", ".join(route.methods)
-        why = f"this path takes a body only with {allowed}"
+        why = f"this path takes a body or query string only with {allowed}"
         await _refuse(
             guard,
             send,
@@ -205,7 +207,10 @@ def _first(guards: list[Guard], accepts: Callable[[Policy], object]) -> Guard | 
     return next((guard for guard in guards if accepts(guard.policy)), None)
 
 
-def _has_body(scope: Scope) -> bool:
+def _carries_text(scope: Scope) -> bool:
+    """Whether the request has a body or a query string: text the receiver could act on."""
+    if scope.get("query_string"):
+        return True
     for key, value in scope["headers"]:
         if key == b"transfer-encoding" or (key == b"content-length" and value.strip() != b"0"):
             return True

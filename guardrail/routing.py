@@ -17,10 +17,13 @@ make them differ:
 
 from __future__ import annotations
 
+import re
 import string
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from starlette.types import Scope
+
+from guardrail.adapters import BadRequest
 
 # RFC 3986 path characters that no server decodes, splits or drops: letters,
 # digits, unreserved marks and the sub-delimiters, without ';' (Tomcat and
@@ -86,3 +89,43 @@ def loosest_reading(path: str) -> str:
             continue
         resolved.append(segment)
     return "/" + "/".join(resolved)
+
+
+def query_text(scope: Scope) -> str:
+    """The text of the query string, as the receiver reads it: screened with the body.
+
+    An app or upstream may act on ``?prompt=...`` as well as on the body, so
+    every decoded name and value is text to screen, one per line. Where
+    decoders disagree, the query is refused: a malformed percent-escape
+    (``%zz`` is kept by some, dropped or rejected by others), ``;`` (an
+    old separator some still split on), and bytes that are not UTF-8 once
+    decoded (Latin-1 to some, replaced to others, overlong ``/`` to the
+    oldest). A ``+`` is a space to form decoders and itself to path-style
+    ones: both readings are screened.
+    """
+    raw: bytes = scope.get("query_string", b"")
+    if not raw:
+        return ""
+    if _BAD_ESCAPE.search(raw) or b";" in raw:
+        raise BadRequest(
+            "ambiguous_query",
+            "the query string is ambiguous (a malformed %-escape or ';'): encode it plainly",
+        )
+    readings = [raw.replace(b"+", b" ")]
+    if b"+" in raw:
+        readings.append(raw)
+    texts: list[str] = []
+    for reading in readings:
+        for field in reading.split(b"&"):
+            for part in field.split(b"=", 1):
+                try:
+                    texts.append(unquote_to_bytes(part).decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise BadRequest(
+                        "ambiguous_query", "the query string is not UTF-8 once decoded"
+                    ) from None
+    return "\n".join(texts)
+
+
+# A '%' not followed by two hex digits, or a raw byte outside printable ASCII.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})|[^\x21-\x7e]")
