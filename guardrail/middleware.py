@@ -29,7 +29,7 @@ from guardrail.exchange import GuardedExchange
 from guardrail.guard import Guard, Record
 from guardrail.policy import Policy, load_policy
 from guardrail.reload import PolicyReloader
-from guardrail.routing import is_canonical, loosest_reading, route_path
+from guardrail.routing import is_canonical, loosest_readings, route_path
 
 log = logging.getLogger("guardrail")
 
@@ -123,12 +123,21 @@ class GuardrailMiddleware:
             await self._serve_metrics(send)
             return
         candidates = self._candidates(scope)
+        if candidates is None:
+            # Two tenants named: we could pick one policy and the app the other.
+            near = _first(self._all_guards(), lambda p: p.route_for(path))
+            if near is not None:
+                why = "the request names more than one tenant: send one tenant header"
+                await _refuse(near, send, BadRequest("ambiguous_tenant", why))
+                return
+            candidates = [slot.guard for slot in self._by_route]
         guard = _first(candidates, lambda p: p.guards(method, path))
         if not is_canonical(scope):
             # A receiver could read this path otherwise than we match it: refuse
             # it if any reading reaches a guarded route.
+            readings = {path, *loosest_readings(scope)}
             near = guard or _first(
-                candidates, lambda p: p.route_for(path) or p.route_for(loosest_reading(path))
+                candidates, lambda p: any(p.route_for(reading) for reading in readings)
             )
             if near is not None:
                 why = "the request path is not canonical (dot segments, encoded or doubled"
@@ -147,12 +156,19 @@ class GuardrailMiddleware:
         else:
             await GuardedExchange(self.app, guard, scope, receive, send).run()
 
-    def _candidates(self, scope: Scope) -> list[Guard]:
-        """The guards that may take this request, in order: its tenant's first."""
+    def _candidates(self, scope: Scope) -> list[Guard] | None:
+        """The guards that may take this request, in order: its tenant's first.
+
+        None when the tenant is ambiguous: the header given twice with different
+        values (receivers disagree on which one counts, or join them).
+        """
         by_route = [slot.guard for slot in self._by_route]
         if not self._tenants:
             return by_route
-        tenant = next((v for k, v in scope["headers"] if k == self._tenant_header), None)
+        named = {v for k, v in scope["headers"] if k == self._tenant_header}
+        if len(named) > 1:
+            return None
+        tenant = next(iter(named), None)
         if tenant is None:
             return by_route
         slot = self._tenants.get(tenant.decode("latin-1"))
@@ -174,6 +190,9 @@ class GuardrailMiddleware:
             BadRequest("method_not_allowed", why, status=405),
             [(b"allow", allowed.encode())],
         )
+
+    def _all_guards(self) -> list[Guard]:
+        return [slot.guard for slot in self._slots()]
 
     def _slots(self) -> list[PolicyReloader | _Fixed]:
         return [*self._by_route, *self._tenants.values()]

@@ -63,15 +63,35 @@ def is_canonical(scope: Scope) -> bool:
     )
 
 
+def loosest_readings(scope: Scope) -> set[str]:
+    """What the most lenient receivers could route this request as.
+
+    From the decoded path and from the raw one: the server's decoding has
+    already replaced what it could not read (overlong UTF-8 became U+FFFD),
+    while an old decoder would read ``%c0%af`` as ``/``.
+    """
+    path = route_path(scope)
+    found = {loosest_reading(path)}
+    raw = scope.get("raw_path")
+    if raw is not None:
+        text = raw.decode("latin-1")
+        root: str = scope.get("root_path", "")
+        found.add(loosest_reading(text.removeprefix(root) if root else text))
+    return found
+
+
 def loosest_reading(path: str) -> str:
     """What the most lenient receiver could route this path as.
 
-    Decodes repeatedly, turns backslashes into slashes, drops what follows a
-    decoded ``?`` or ``#``, ``;`` parameters, empty and ``.`` segments, resolves
-    ``..``, trims spaces and control characters from each segment.
+    Drops an absolute-form ``scheme://authority`` (RFC 9112 servers route on the
+    path after it), decodes repeatedly (overlong UTF-8 and IIS's ``%uXXXX``
+    too), turns backslashes into slashes, drops what follows a decoded ``?``
+    or ``#``, ``;`` parameters, empty and ``.`` segments, resolves ``..``, trims
+    spaces and control characters from each segment.
     """
+    path = _ABSOLUTE_FORM.sub("", path, count=1)
     for _ in range(3):  # %252e -> %2e -> '.': a receiver may decode twice
-        decoded = unquote(path)
+        decoded = _lenient_unquote(path)
         if decoded == path:
             break
         path = decoded
@@ -89,6 +109,28 @@ def loosest_reading(path: str) -> str:
             continue
         resolved.append(segment)
     return "/" + "/".join(resolved)
+
+
+# "http://host:port" before the path of an absolute-form request target.
+_ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")
+# Two- and three-byte overlong encodings of an ASCII character (%c0%af is '/'
+# to decoders that never checked), and IIS's %u002f.
+_OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x81][\x80-\xbf]")
+_PERCENT_U = re.compile(r"%u([0-9A-Fa-f]{4})")
+
+
+def _lenient_unquote(path: str) -> str:
+    """One round of decoding as the most lenient decoder does it."""
+    path = _PERCENT_U.sub(lambda m: chr(int(m[1], 16)), path)
+    raw = _OVERLONG.sub(_ascii_of_overlong, unquote_to_bytes(path))
+    return raw.decode("utf-8", "replace")
+
+
+def _ascii_of_overlong(match: re.Match[bytes]) -> bytes:
+    value = 0
+    for byte in match[0]:
+        value = (value << 6) | (byte & 0x3F)
+    return bytes([value & 0x7F])
 
 
 def query_text(scope: Scope) -> str:
