@@ -114,6 +114,10 @@ class GuardrailMiddleware:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, self._closing_on_shutdown(send))
             return
+        if scope["type"] == "websocket" and self._covered(scope):
+            # Messages on a socket are never screened: not on a guarded path.
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -190,6 +194,11 @@ class GuardrailMiddleware:
             BadRequest("method_not_allowed", why, status=405),
             [(b"allow", allowed.encode())],
         )
+
+    def _covered(self, scope: Scope) -> bool:
+        """Whether any reading of this request's path falls under a guarded route."""
+        readings = {route_path(scope), *loosest_readings(scope)}
+        return any(g.policy.route_for(r) for g in self._all_guards() for r in readings)
 
     def _all_guards(self) -> list[Guard]:
         return [slot.guard for slot in self._slots()]

@@ -163,3 +163,41 @@ def test_a_lenient_reading_of_the_guarded_route_is_never_answered_unscreened(
     lenient = posixpath.normpath(meant.replace("//", "/"))
     if text == INJECTION and lenient.casefold() == CHAT:
         assert not answer.answered, sent  # type: ignore[attr-defined]
+
+
+# --- websockets ------------------------------------------------------------------
+
+
+def test_a_websocket_on_a_guarded_path_is_closed_before_the_app_sees_it() -> None:
+    """Socket messages are never screened: a socket on a guarded route would pass unscreened.
+
+    Driven as bare ASGI: the uvicorn here has no websocket library, so it
+    answers an upgrade as plain HTTP (which is guarded).
+    """
+    import asyncio
+
+    reached: list[str] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        reached.append(str(scope["path"]))
+
+    guard = GuardrailMiddleware(app, policy=policy(), registry=CollectorRegistry())  # type: ignore[arg-type]
+
+    async def connect(path: str) -> list[dict[str, object]]:
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return {"type": "websocket.connect"}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        scope = {"type": "websocket", "path": path, "raw_path": path.encode(), "headers": []}
+        await guard(scope, receive, send)
+        return sent
+
+    for path in (CHAT, "/V1/chat/completions", "/v1/x/../chat/completions"):
+        assert asyncio.run(connect(path)) == [{"type": "websocket.close", "code": 1008}]
+    assert reached == []
+    asyncio.run(connect("/ws"))
+    assert reached == ["/ws"]
