@@ -383,15 +383,15 @@ _INJECTION_PHRASES: dict[str, tuple[str, ...]] = {
         r"\b(?:ignore|disregard) (?:all of |everything )?(?:the )?above(?: text| prompt)?"
         r"(?: and|[,.;:!]|$)",
         r"\b(?:ignore|forget) (?:everything|all) "
-        r"(?:above|before this|you(?: were|['\u2019]ve been| have been) told)\b",
+        r"(?:above|before this|you(?: were|['\u2019`]ve been| have been) told)\b",
     ),
     "persona switch": (
-        r"\byou(?: are|['\u2019]re) now (?:dan\b|(?:in |entering )?(?:developer|dan|jailbreak|"
+        r"\byou(?: are|['\u2019`]re) now (?:dan\b|(?:in |entering )?(?:developer|dan|jailbreak|"
         r"god|unrestricted) mode\b|(?:an? )?(?:unrestricted|unfiltered|uncensored|jailbroken)\b"
         r"|free (?:of|from) |no longer bound\b)",
         r"\b(?:enable|activate|enter|switch to) (?:dan|jailbreak) mode\b",
         r"\b(?:dan|jailbreak) mode (?:enabled|activated)\b",
-        rf"\b(?:pretend (?:that )?(?:you are|you['\u2019]re|to be)|act as) {_WORDS}"
+        rf"\b(?:pretend (?:that )?(?:you are|you['\u2019`]re|to be)|act as) {_WORDS}"
         rf"(?:without|with no|free of|free from) (?:any |all |your )?{_LIMITS}\b",
         rf"\bpretend (?:that )?you (?:have|had) no {_LIMITS}\b",
         rf"\bact as {_WORDS}(?:jailbroken|unrestricted|unfiltered|uncensored)\b",
