@@ -192,3 +192,25 @@ def test_an_expanding_body_is_refused_while_a_small_request_is_served(
         assert _refused(big.result(timeout=120.0))
         assert guarded.decisions("blocked") + guarded.decisions("error_blocked") == 1
         assert guarded.decisions("allowed") == 1
+
+
+# --- card separators: any run -------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=" -./_|*\u2013\u2014\u00a0\u2009:~+", min_size=1, max_size=12),
+        min_size=3,
+        max_size=3,
+    )
+)
+def test_a_card_with_any_run_of_separators_is_found(runs: list[str]) -> None:
+    groups = CARD.split()
+    text = groups[0] + "".join(run + group for run, group in zip(runs, groups[1:], strict=True))
+    assert card(f"pay with {text} please"), text
+
+
+def test_separator_runs_do_not_make_a_card_of_other_numbers() -> None:
+    assert not card("ref 4111 ----- 1111 ----- 1111 ----- 1112")  # fails Luhn
+    assert not card("4111 ----- 1111 ----- 1111")  # too short

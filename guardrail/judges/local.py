@@ -14,6 +14,7 @@ Reasons name what was found ("card number"), never the text that matched.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -230,7 +231,8 @@ def _card_pattern(separator: str) -> re.Pattern[str]:
 
 
 # Separators are anything neither letter nor digit: spaces, dashes of any
-# kind, dots, slashes, U+2212 minus (newlines are spaces by then). A list
+# kind, dots, slashes, U+2212 minus (newlines are spaces by then); a run of
+# them is read as one (``_separator_runs_folded``). A list
 # ("0958, 4111 1111 1111 1111, ...") would join a card to its neighbours, so
 # a second pattern reads commas and semicolons as the end of a number.
 _CARDS = (_card_pattern(r"[\W_]"), _card_pattern(r"[^\w,;]"))
@@ -305,7 +307,27 @@ def _card_number(found: str) -> bool:
     return len(set(digits)) > 1 and _luhn_valid(digits)
 
 
+# A run of separators ("4111 ----- 1111") reads as one: the patterns allow up
+# to four between digits (each length needs its own lookbehind), a reader any.
+_SEPARATOR_RUN = re.compile(r"(?:[^\w,;]|_){2,}")
+
+
+async def _separator_runs_folded(text: str) -> str:
+    """``text`` with each run of separators (not commas or semicolons) as one space.
+
+    A chunk at a time, yielding between: a run cut by a chunk's edge becomes
+    two spaces, which the card patterns still read as one separator run.
+    """
+    pieces: list[str] = []
+    for start in range(0, len(text), windows.WINDOW):
+        if start:
+            await asyncio.sleep(0)
+        pieces.append(_SEPARATOR_RUN.sub(" ", text[start : start + windows.WINDOW]))
+    return "".join(pieces)
+
+
 async def _has_card(text: str) -> bool:
+    text = await _separator_runs_folded(text)
     for card in _CARDS:
         if await _any(card, text, _card_number):
             return True
