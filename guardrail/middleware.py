@@ -136,18 +136,27 @@ class GuardrailMiddleware:
                 return
             candidates = [slot.guard for slot in self._by_route]
         guard = _first(candidates, lambda p: p.guards(method, path))
+        readings = loosest_readings(scope)
         if not is_canonical(scope):
             # A receiver could read this path otherwise than we match it: refuse
             # it if any reading reaches a guarded route.
-            readings = {path, *loosest_readings(scope)}
             near = guard or _first(
-                candidates, lambda p: any(p.route_for(reading) for reading in readings)
+                candidates, lambda p: any(p.route_for(r) for r in {path, *readings})
             )
-            if near is not None:
-                why = "the request path is not canonical (dot segments, encoded or doubled"
-                why += " separators, backslashes or ';'): send the plain path"
-                await _refuse(near, send, BadRequest("non_canonical_path", why))
-                return
+        elif guard is None:
+            # Canonical, but a receiver may drop a ".json" suffix (Rails'
+            # formats, Spring's suffix patterns) and reach a guarded route.
+            near = _first(
+                candidates,
+                lambda p: not p.route_for(path) and any(p.route_for(r) for r in readings),
+            )
+        else:
+            near = None
+        if near is not None:
+            why = "the request path is not canonical (dot segments, encoded or doubled"
+            why += " separators, backslashes, ';' or a suffix): send the plain path"
+            await _refuse(near, send, BadRequest("non_canonical_path", why))
+            return
         if guard is None:
             covering = _first(candidates, lambda p: p.route_for(path))
             if covering is not None and _carries_text(scope):

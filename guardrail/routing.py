@@ -87,7 +87,8 @@ def loosest_reading(path: str) -> str:
     path after it), decodes repeatedly (overlong UTF-8 and IIS's ``%uXXXX``
     too), turns backslashes into slashes, drops what follows a decoded ``?``
     or ``#``, ``;`` parameters, empty and ``.`` segments, resolves ``..``, trims
-    spaces and control characters from each segment.
+    spaces and control characters from each segment, and drops a ``.suffix``
+    from the last one.
     """
     path = _ABSOLUTE_FORM.sub("", path, count=1)
     for _ in range(3):  # %252e -> %2e -> '.': a receiver may decode twice
@@ -108,6 +109,9 @@ def loosest_reading(path: str) -> str:
                 resolved.pop()
             continue
         resolved.append(segment)
+    if resolved and (dot := resolved[-1].find(".", 1)) > 0:
+        # "completions.json": Rails routes a format suffix, Spring "completions.*".
+        resolved[-1] = resolved[-1][:dot]
     return "/" + "/".join(resolved)
 
 

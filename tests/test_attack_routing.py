@@ -60,6 +60,8 @@ LENIENT = [
     "/v1/x/%c0%ae%c0%ae/chat/completions",
     "/v1/x/%e0%80%ae%e0%80%ae/chat/completions",
     "/v1/chat%u002fcompletions",
+    "/v1/chat/completions.json",  # Rails' format suffix, Spring's suffix patterns
+    "/v1/chat/completions.x.y",
 ]
 
 
