@@ -97,6 +97,9 @@ def loosest_reading(path: str) -> str:
             break
         path = decoded
     path = path.replace("\\", "/")
+    # Java's equalsIgnoreCase and .NET's OrdinalIgnoreCase compare upper and
+    # lower cases one character at a time: "ı" (dotless i) matches "I".
+    path = "".join(map(_ascii_case, path)) if not path.isascii() else path
     for cut in "?#":
         path = path.partition(cut)[0]
     resolved: list[str] = []
@@ -121,6 +124,15 @@ _ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")
 # to decoders that never checked), and IIS's %u002f.
 _OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x81][\x80-\xbf]")
 _PERCENT_U = re.compile(r"%u([0-9A-Fa-f]{4})")
+
+
+def _ascii_case(char: str) -> str:
+    if char.isascii():
+        return char
+    for cased in (char.upper(), char.lower()):
+        if len(cased) == 1 and cased.isascii():
+            return cased
+    return char
 
 
 def _lenient_unquote(path: str) -> str:

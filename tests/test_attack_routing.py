@@ -62,6 +62,7 @@ LENIENT = [
     "/v1/chat%u002fcompletions",
     "/v1/chat/completions.json",  # Rails' format suffix, Spring's suffix patterns
     "/v1/chat/completions.x.y",
+    "/v1/chat/complet%C4%B1ons",  # dotless i: "I" to Java's equalsIgnoreCase
 ]
 
 
