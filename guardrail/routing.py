@@ -98,7 +98,7 @@ def loosest_reading(path: str) -> str:
         path = decoded
     path = path.replace("\\", "/")
     # Java's equalsIgnoreCase and .NET's OrdinalIgnoreCase compare upper and
-    # lower cases one character at a time: "ı" (dotless i) matches "I".
+    # lower cases one character at a time: U+0131 (dotless i) matches "I".
     path = "".join(map(_ascii_case, path)) if not path.isascii() else path
     for cut in "?#":
         path = path.partition(cut)[0]
