@@ -214,3 +214,16 @@ def test_a_card_with_any_run_of_separators_is_found(runs: list[str]) -> None:
 def test_separator_runs_do_not_make_a_card_of_other_numbers() -> None:
     assert not card("ref 4111 ----- 1111 ----- 1111 ----- 1112")  # fails Luhn
     assert not card("4111 ----- 1111 ----- 1111")  # too short
+
+
+def test_the_readings_cache_is_bounded_in_characters() -> None:
+    """Eight 1 MiB bodies of U+FDFA once kept some 200 MB of readings alive."""
+    from guardrail.judges import normalize
+
+    async def read_all() -> None:
+        for i in range(4):
+            await normalize.readings("\ufdfa\u200b" * (1 << 17) + str(i))
+
+    asyncio.run(read_all())
+    held = sum(map(normalize._size, normalize._RECENT.items()))
+    assert held <= normalize._RECENT_CHARS or len(normalize._RECENT) == 1

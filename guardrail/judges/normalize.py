@@ -293,9 +293,16 @@ def normalize(text: str, *, spaced: bool = False) -> str:
 
 
 # Every local judge reads the same request text: the first pays, the rest hit
-# this cache. Small, so at most a few recent texts stay in memory.
+# this cache. Small, so at most a few recent texts stay in memory; bounded in
+# characters too, as NFKD can make a reading eighteen times its text (U+FDFA).
 _RECENT: OrderedDict[tuple[str, int], dict[bool, tuple[str, ...]]] = OrderedDict()
 _RECENT_SIZE = 8
+_RECENT_CHARS = 1 << 25
+
+
+def _size(entry: tuple[tuple[str, int], dict[bool, tuple[str, ...]]]) -> int:
+    (text, _), cached = entry
+    return len(text) + sum(len(reading) for both in cached.values() for reading in both)
 
 
 async def readings(text: str, *, fold: bool = True, chunk: int = CHUNK) -> tuple[str, ...]:
@@ -309,8 +316,9 @@ async def readings(text: str, *, fold: bool = True, chunk: int = CHUNK) -> tuple
             kept, folded, _ = await _reading(text, spaced=True, chunk=chunk)
             cached = {False: (*cached[False], kept), True: (*cached[True], folded)}
         _RECENT[key] = cached
-        if len(_RECENT) > _RECENT_SIZE:
-            _RECENT.popitem(last=False)
+        total = sum(map(_size, _RECENT.items()))
+        while len(_RECENT) > _RECENT_SIZE or (total > _RECENT_CHARS and len(_RECENT) > 1):
+            total -= _size(_RECENT.popitem(last=False))
     _RECENT.move_to_end(key)
     return cached[fold]
 
