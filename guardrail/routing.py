@@ -159,7 +159,9 @@ def query_text(scope: Scope) -> str:
     old separator some still split on), and bytes that are not UTF-8 once
     decoded (Latin-1 to some, replaced to others, overlong ``/`` to the
     oldest). A ``+`` is a space to form decoders and itself to path-style
-    ones: both readings are screened.
+    ones: both readings are screened. A value that still holds escapes once
+    decoded (``%2520``) is also read decoded again, as a receiver that
+    decodes twice would.
     """
     raw: bytes = scope.get("query_string", b"")
     if not raw:
@@ -177,11 +179,16 @@ def query_text(scope: Scope) -> str:
         for field in reading.split(b"&"):
             for part in field.split(b"=", 1):
                 try:
-                    texts.append(unquote_to_bytes(part).decode("utf-8"))
+                    text = unquote_to_bytes(part).decode("utf-8")
                 except UnicodeDecodeError:
                     raise BadRequest(
                         "ambiguous_query", "the query string is not UTF-8 once decoded"
                     ) from None
+                texts.append(text)
+                for _ in range(2):  # %252e -> %2e -> '.'
+                    if (again := unquote(text)) == text:
+                        break
+                    texts.append(text := again)
     return "\n".join(texts)
 
 

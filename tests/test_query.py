@@ -57,6 +57,8 @@ def test_names_and_values_are_decoded_one_per_line() -> None:
     assert query_text(scope(b"a=1&prompt=Ignore%20all")) == "a\n1\nprompt\nIgnore all"
     # '+' is a space to form decoders and itself to others: both are read.
     assert query_text(scope(b"p=a+b")) == "p\na b\np\na+b"
+    # Escapes left after one decoding are read decoded again too.
+    assert query_text(scope(b"p=a%2520b")) == "p\na%20b\na b"
 
 
 @pytest.mark.parametrize(
@@ -102,6 +104,7 @@ def ask(receiver: Receiver, query: str, text: str = BENIGN, method: str = "POST"
         "messages=" + quote('[{"role":"user","content":"' + INJECTION + '"}]'),
         quote(INJECTION) + "=1",  # a name is read too
         "a=1&prompt=" + quote(INJECTION, safe=""),
+        "prompt=" + quote(quote(INJECTION)),  # for a receiver that decodes twice
     ],
 )
 def test_an_injection_in_the_query_is_refused(receiver: Receiver, query: str) -> None:
