@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from urllib.parse import unquote, unquote_to_bytes
 
 from starlette.types import Scope
@@ -99,7 +100,11 @@ def loosest_reading(path: str) -> str:
     path = path.replace("\\", "/")
     # Java's equalsIgnoreCase and .NET's OrdinalIgnoreCase compare upper and
     # lower cases one character at a time: U+0131 (dotless i) matches "I".
-    path = "".join(map(_ascii_case, path)) if not path.isascii() else path
+    if not path.isascii():
+        # Windows' "best fit" and NFKC-ing frameworks read fullwidth "ｃ" as "c".
+        # Marks dropped first: NFKC of a long run of them is quadratic.
+        path = "".join(c for c in path if unicodedata.category(c) not in ("Mn", "Me"))
+        path = "".join(map(_ascii_case, unicodedata.normalize("NFKC", path)))
     for cut in "?#":
         path = path.partition(cut)[0]
     resolved: list[str] = []

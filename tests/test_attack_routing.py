@@ -63,6 +63,7 @@ LENIENT = [
     "/v1/chat/completions.json",  # Rails' format suffix, Spring's suffix patterns
     "/v1/chat/completions.x.y",
     "/v1/chat/complet%C4%B1ons",  # dotless i: "I" to Java's equalsIgnoreCase
+    "/v1/chat/%EF%BD%83ompletions",  # fullwidth c: "c" to Windows' best fit, NFKC
 ]
 
 
