@@ -101,7 +101,7 @@ def loosest_reading(path: str) -> str:
     # Java's equalsIgnoreCase and .NET's OrdinalIgnoreCase compare upper and
     # lower cases one character at a time: U+0131 (dotless i) matches "I".
     if not path.isascii():
-        # Windows' "best fit" and NFKC-ing frameworks read fullwidth "ｃ" as "c".
+        # Windows' "best fit" and NFKC-ing frameworks read a fullwidth "c" (U+FF43) as "c".
         # Marks dropped first: NFKC of a long run of them is quadratic.
         path = "".join(c for c in path if unicodedata.category(c) not in ("Mn", "Me"))
         path = "".join(map(_ascii_case, unicodedata.normalize("NFKC", path)))
