@@ -121,6 +121,45 @@ async def _first_label(books: Sequence[_Rulebook], texts: Sequence[str]) -> str 
     return None
 
 
+# Punctuation and symbols that join words ("ignore-all_previous/instructions",
+# "ignore.all"): a model reads the words, so phrases are also matched with
+# them as spaces. A sentence's end ("word. ", "word!" at the end) is left
+# alone: it parts phrases.
+_JOINER = re.compile(r"[^\w\s.!?]|_")
+_NOT_SENTENCE_END = re.compile(r"(?<!\w)[.!?]++|[.!?]++(?!\s|\Z)")
+_SPACES = re.compile(r"\s{2,}")
+
+
+async def _words_apart(texts: Sequence[str]) -> tuple[str, ...]:
+    """``texts``, then each one that holds joiners with its joiners read as spaces."""
+    apart: list[str] = []
+    for text in texts:
+        pieces: list[str] = []
+        start = 0
+        while start < len(text):
+            if start:
+                await asyncio.sleep(0)
+            end = _piece_end(text, start + windows.WINDOW)
+            piece = _JOINER.sub(" ", _NOT_SENTENCE_END.sub(" ", text[start:end]))
+            pieces.append(piece)
+            start = end
+        spaced = _SPACES.sub(" ", "".join(pieces))
+        if spaced != text:
+            apart.append(spaced)
+    return (*texts, *apart)
+
+
+def _piece_end(text: str, at: int) -> int:
+    """Where a piece may end without cutting a joiner from its context: after a
+    space, or between two word characters (a lookaround at a cut sees nothing)."""
+    if at >= len(text):
+        return len(text)
+    for end in range(at, min(len(text), at + 256)):
+        if text[end - 1] == " " or (text[end - 1].isalnum() and text[end].isalnum()):
+            return end
+    return at
+
+
 class _LocalJudge:
     """What the local judges share: a name, timing, long texts scanned a window at a time."""
 
@@ -188,7 +227,7 @@ class KeywordJudge(_LocalJudge):
         )
 
     async def _find(self, text: str) -> list[tuple[str, str]]:
-        label = await _first_label(self._books, await readings(text))
+        label = await _first_label(self._books, await _words_apart(await readings(text)))
         return [] if label is None else [(self._category, label)]
 
 
@@ -465,5 +504,5 @@ class InjectionJudge(_LocalJudge):
         self._books = (*_INJECTION_BOOKS, _Rulebook.build(extra, re.IGNORECASE))
 
     async def _find(self, text: str) -> list[tuple[str, str]]:
-        label = await _first_label(self._books, await readings(text))
+        label = await _first_label(self._books, await _words_apart(await readings(text)))
         return [] if label is None else [("prompt_injection", label)]
