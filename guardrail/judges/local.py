@@ -124,40 +124,37 @@ async def _first_label(books: Sequence[_Rulebook], texts: Sequence[str]) -> str 
 # Punctuation and symbols that join words ("ignore-all_previous/instructions",
 # "ignore.all"): a model reads the words, so phrases are also matched with
 # them as spaces. A sentence's end ("word. ", "word!" at the end) is left
-# alone: it parts phrases.
-_JOINER = re.compile(r"[^\w\s.!?]|_")
-_NOT_SENTENCE_END = re.compile(r"(?<!\w)[.!?]++|[.!?]++(?!\s|\Z)")
-_SPACES = re.compile(r"\s{2,}")
+# alone: it parts phrases. Letters spelled out one by one ("i g n o r e")
+# are read as one word: phrases match with their spaces missing too.
+_JOINER = re.compile(r"(?<!\w)[.!?]++|[.!?]++(?!\s|\Z)|[^\w\s.!?]|_")
+_SPACES = re.compile(r"\s{2,}+")
+_LETTER_GAP = re.compile(r"(?<=\w)(?<!\w\w) (?=\w(?!\w))")
 
 
 async def _words_apart(texts: Sequence[str]) -> tuple[str, ...]:
-    """``texts``, then each one that holds joiners with its joiners read as spaces."""
+    """``texts``, then each one with joiners as spaces and spelled-out letters joined,
+    when that reads differently."""
     apart: list[str] = []
     for text in texts:
-        pieces: list[str] = []
-        start = 0
-        while start < len(text):
-            if start:
-                await asyncio.sleep(0)
-            end = _piece_end(text, start + windows.WINDOW)
-            piece = _JOINER.sub(" ", _NOT_SENTENCE_END.sub(" ", text[start:end]))
-            pieces.append(piece)
-            start = end
-        spaced = _SPACES.sub(" ", "".join(pieces))
+        spaced = await _sub(_JOINER, " ", text)
+        spaced = await _sub(_LETTER_GAP, "", await _sub(_SPACES, " ", spaced))
         if spaced != text:
             apart.append(spaced)
     return (*texts, *apart)
 
 
-def _piece_end(text: str, at: int) -> int:
-    """Where a piece may end without cutting a joiner from its context: after a
-    space, or between two word characters (a lookaround at a cut sees nothing)."""
-    if at >= len(text):
-        return len(text)
-    for end in range(at, min(len(text), at + 256)):
-        if text[end - 1] == " " or (text[end - 1].isalnum() and text[end].isalnum()):
-            return end
-    return at
+async def _sub(pattern: re.Pattern[str], replacement: str, text: str) -> str:
+    """``pattern.sub(replacement, text)``, found a window at a time (``windows``)."""
+    pieces: list[str] = []
+    done = 0
+    async for match in windows.finditer(pattern, text):
+        if match.start() < done:
+            continue  # the rest of a run a previous window's match took whole
+        pieces.append(text[done : match.start()])
+        pieces.append(replacement)
+        done = match.end()
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 class _LocalJudge:
