@@ -21,6 +21,7 @@ from guardrail.guard import Assessment, Guard, Record
 from guardrail.hold import Hold
 from guardrail.metrics import child
 from guardrail.output import AnswerScreen
+from guardrail.routing import query_text
 
 log = logging.getLogger("guardrail")
 
@@ -58,7 +59,10 @@ class GuardedExchange:
         try:
             body, app_scope = await self._read()
             request = await parse(self.guard.adapter, body)
-            self.record.text = request.text
+            # The receiver reads the query string too: its text is screened with the body.
+            text = self.record.text = "\n".join(
+                filter(None, (request.text, query_text(self.scope)))
+            )
         except ClientGone:
             return
         except BadRequest as exc:
@@ -70,7 +74,7 @@ class GuardedExchange:
         extensions = {**(app_scope.get("extensions") or {}), REPORT_EXTENSION: self.app_report}
         app_scope = {**app_scope, "extensions": extensions}
         app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
-        verdict_task = asyncio.ensure_future(self.guard.assess(request.text))
+        verdict_task = asyncio.ensure_future(self.guard.assess(text))
         try:
             await self._respond(request, hold, app_task, verdict_task, watcher)
         finally:

@@ -5,9 +5,10 @@ known tenant and its policy guards the route; else the first policy whose
 routes match (a tenant never makes a route less guarded). Routes match the
 path the app routes on (``guardrail.routing``), methods in any case. Refused
 with a clear 4xx, never passed unscreened: a path that is not canonical and
-could reach a guarded route (400), a body sent with a method the guarded
-route does not list (405). Each policy file is watched and reloaded live
-(``guardrail.reload``).
+could reach a guarded route (400), a body or query string sent with a
+method the guarded route does not list (405). A guarded request's query
+string is screened with its body (``routing.query_text``). Each policy
+file is watched and reloaded live (``guardrail.reload``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from guardrail.guard import Guard, Record
 from guardrail.metrics import multiprocess_registry
 from guardrail.policy import Policy, load_policy
 from guardrail.reload import PolicyReloader
-from guardrail.routing import is_canonical, loosest_reading, route_path
+from guardrail.routing import is_canonical, loosest_readings, route_path
 
 log = logging.getLogger("guardrail")
 
@@ -113,6 +114,10 @@ class GuardrailMiddleware:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, self._closing_on_shutdown(send))
             return
+        if scope["type"] == "websocket" and self._covered(scope):
+            # Messages on a socket are never screened: not on a guarded path.
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -122,35 +127,61 @@ class GuardrailMiddleware:
             await self._serve_metrics(send)
             return
         candidates = self._candidates(scope)
+        if candidates is None:
+            # Two tenants named: we could pick one policy and the app the other.
+            near = _first(self._all_guards(), lambda p: p.route_for(path))
+            if near is not None:
+                why = "the request names more than one tenant: send one tenant header"
+                await _refuse(near, send, BadRequest("ambiguous_tenant", why))
+                return
+            candidates = [slot.guard for slot in self._by_route]
         guard = _first(candidates, lambda p: p.guards(method, path))
+        readings = loosest_readings(scope)
         if not is_canonical(scope):
             # A receiver could read this path otherwise than we match it: refuse
             # it if any reading reaches a guarded route.
             near = guard or _first(
-                candidates, lambda p: p.route_for(path) or p.route_for(loosest_reading(path))
+                candidates, lambda p: any(p.route_for(r) for r in {path, *readings})
             )
-            if near is not None:
-                why = "the request path is not canonical (dot segments, encoded or doubled"
-                why += " separators, backslashes or ';'): send the plain path"
-                await _refuse(near, send, BadRequest("non_canonical_path", why))
-                return
+        elif guard is None:
+            # Canonical, but a receiver may drop a ".json" suffix (Rails'
+            # formats, Spring's suffix patterns) and reach a guarded route.
+            near = _first(
+                candidates,
+                lambda p: not p.route_for(path) and any(p.route_for(r) for r in readings),
+            )
+        else:
+            near = None
+        if near is not None:
+            why = "the request path is not canonical (dot segments, encoded or doubled"
+            why += " separators, backslashes, ';' or a suffix): send the plain path"
+            await _refuse(near, send, BadRequest("non_canonical_path", why))
+            return
         if guard is None:
             covering = _first(candidates, lambda p: p.route_for(path))
-            if covering is not None and _has_body(scope):
-                # The app might act on this body (a method-agnostic app or
-                # upstream): it would be unscreened. List the method to guard it.
+            if covering is not None and _carries_text(scope):
+                # The app might act on this body or query (a method-agnostic
+                # app or upstream, ``GET ?prompt=``): it would be unscreened.
+                # List the method to guard it.
                 await self._refuse_method(covering, send, path)
                 return
             await self.app(scope, receive, send)
         else:
             await GuardedExchange(self.app, guard, scope, receive, send).run()
 
-    def _candidates(self, scope: Scope) -> list[Guard]:
-        """The guards that may take this request, in order: its tenant's first."""
+    def _candidates(self, scope: Scope) -> list[Guard] | None:
+        """The guards that may take this request, in order: its tenant's first.
+
+        None when the tenant is ambiguous: the header given twice with different
+        values (receivers disagree on which one counts, or join them).
+        """
         by_route = [slot.guard for slot in self._by_route]
         if not self._tenants:
             return by_route
-        tenant = next((v for k, v in scope["headers"] if k == self._tenant_header), None)
+        named = {v for k, v in scope["headers"] if k == self._tenant_header}
+        if len(named) > 1:
+            return None
+        tenant = next(iter(named), None)
         if tenant is None:
             return by_route
         slot = self._tenants.get(tenant.decode("latin-1"))
@@ -165,13 +196,21 @@ class GuardrailMiddleware:
         route = guard.policy.route_for(path)
         assert route is not None
         allowed = ", ".join(route.methods)
-        why = f"this path takes a body only with {allowed}"
+        why = f"this path takes a body or query string only with {allowed}"
         await _refuse(
             guard,
             send,
             BadRequest("method_not_allowed", why, status=405),
             [(b"allow", allowed.encode())],
         )
+
+    def _covered(self, scope: Scope) -> bool:
+        """Whether any reading of this request's path falls under a guarded route."""
+        readings = {route_path(scope), *loosest_readings(scope)}
+        return any(g.policy.route_for(r) for g in self._all_guards() for r in readings)
+
+    def _all_guards(self) -> list[Guard]:
+        return [slot.guard for slot in self._slots()]
 
     def _slots(self) -> list[PolicyReloader | _Fixed]:
         return [*self._by_route, *self._tenants.values()]
@@ -205,7 +244,10 @@ def _first(guards: list[Guard], accepts: Callable[[Policy], object]) -> Guard | 
     return next((guard for guard in guards if accepts(guard.policy)), None)
 
 
-def _has_body(scope: Scope) -> bool:
+def _carries_text(scope: Scope) -> bool:
+    """Whether the request has a body or a query string: text the receiver could act on."""
+    if scope.get("query_string"):
+        return True
     for key, value in scope["headers"]:
         if key == b"transfer-encoding" or (key == b"content-length" and value.strip() != b"0"):
             return True

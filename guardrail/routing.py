@@ -17,10 +17,14 @@ make them differ:
 
 from __future__ import annotations
 
+import re
 import string
-from urllib.parse import unquote
+import unicodedata
+from urllib.parse import unquote, unquote_to_bytes
 
 from starlette.types import Scope
+
+from guardrail.adapters import BadRequest
 
 # RFC 3986 path characters that no server decodes, splits or drops: letters,
 # digits, unreserved marks and the sub-delimiters, without ';' (Tomcat and
@@ -60,19 +64,47 @@ def is_canonical(scope: Scope) -> bool:
     )
 
 
+def loosest_readings(scope: Scope) -> set[str]:
+    """What the most lenient receivers could route this request as.
+
+    From the decoded path and from the raw one: the server's decoding has
+    already replaced what it could not read (overlong UTF-8 became U+FFFD),
+    while an old decoder would read ``%c0%af`` as ``/``.
+    """
+    path = route_path(scope)
+    found = {loosest_reading(path)}
+    raw = scope.get("raw_path")
+    if raw is not None:
+        text = raw.decode("latin-1")
+        root: str = scope.get("root_path", "")
+        found.add(loosest_reading(text.removeprefix(root) if root else text))
+    return found
+
+
 def loosest_reading(path: str) -> str:
     """What the most lenient receiver could route this path as.
 
-    Decodes repeatedly, turns backslashes into slashes, drops what follows a
-    decoded ``?`` or ``#``, ``;`` parameters, empty and ``.`` segments, resolves
-    ``..``, trims spaces and control characters from each segment.
+    Drops an absolute-form ``scheme://authority`` (RFC 9112 servers route on the
+    path after it), decodes repeatedly (overlong UTF-8 and IIS's ``%uXXXX``
+    too), turns backslashes into slashes, drops what follows a decoded ``?``
+    or ``#``, ``;`` parameters, empty and ``.`` segments, resolves ``..``, trims
+    spaces and control characters from each segment, and drops a ``.suffix``
+    from the last one.
     """
+    path = _ABSOLUTE_FORM.sub("", path, count=1)
     for _ in range(3):  # %252e -> %2e -> '.': a receiver may decode twice
-        decoded = unquote(path)
+        decoded = _lenient_unquote(path)
         if decoded == path:
             break
         path = decoded
     path = path.replace("\\", "/")
+    # Java's equalsIgnoreCase and .NET's OrdinalIgnoreCase compare upper and
+    # lower cases one character at a time: U+0131 (dotless i) matches "I".
+    if not path.isascii():
+        # Windows' "best fit" and NFKC-ing frameworks read a fullwidth "c" (U+FF43) as "c".
+        # Marks dropped first: NFKC of a long run of them is quadratic.
+        path = "".join(c for c in path if unicodedata.category(c) not in ("Mn", "Me"))
+        path = "".join(map(_ascii_case, unicodedata.normalize("NFKC", path)))
     for cut in "?#":
         path = path.partition(cut)[0]
     resolved: list[str] = []
@@ -85,4 +117,85 @@ def loosest_reading(path: str) -> str:
                 resolved.pop()
             continue
         resolved.append(segment)
+    if resolved and (dot := resolved[-1].find(".", 1)) > 0:
+        # "completions.json": Rails routes a format suffix, Spring "completions.*".
+        resolved[-1] = resolved[-1][:dot]
     return "/" + "/".join(resolved)
+
+
+# "http://host:port" before the path of an absolute-form request target.
+_ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")
+# Two- and three-byte overlong encodings of an ASCII character (%c0%af is '/'
+# to decoders that never checked), and IIS's %u002f.
+_OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x81][\x80-\xbf]")
+_PERCENT_U = re.compile(r"%u([0-9A-Fa-f]{4})")
+
+
+def _ascii_case(char: str) -> str:
+    if char.isascii():
+        return char
+    for cased in (char.upper(), char.lower()):
+        if len(cased) == 1 and cased.isascii():
+            return cased
+    return char
+
+
+def _lenient_unquote(path: str) -> str:
+    """One round of decoding as the most lenient decoder does it."""
+    path = _PERCENT_U.sub(lambda m: chr(int(m[1], 16)), path)
+    raw = _OVERLONG.sub(_ascii_of_overlong, unquote_to_bytes(path))
+    return raw.decode("utf-8", "replace")
+
+
+def _ascii_of_overlong(match: re.Match[bytes]) -> bytes:
+    value = 0
+    for byte in match[0]:
+        value = (value << 6) | (byte & 0x3F)
+    return bytes([value & 0x7F])
+
+
+def query_text(scope: Scope) -> str:
+    """The text of the query string, as the receiver reads it: screened with the body.
+
+    An app or upstream may act on ``?prompt=...`` as well as on the body, so
+    every decoded name and value is text to screen, one per line. Where
+    decoders disagree, the query is refused: a malformed percent-escape
+    (``%zz`` is kept by some, dropped or rejected by others), ``;`` (an
+    old separator some still split on), and bytes that are not UTF-8 once
+    decoded (Latin-1 to some, replaced to others, overlong ``/`` to the
+    oldest). A ``+`` is a space to form decoders and itself to path-style
+    ones: both readings are screened. A value that still holds escapes once
+    decoded (``%2520``) is also read decoded again, as a receiver that
+    decodes twice would.
+    """
+    raw: bytes = scope.get("query_string", b"")
+    if not raw:
+        return ""
+    if _BAD_ESCAPE.search(raw) or b";" in raw:
+        raise BadRequest(
+            "ambiguous_query",
+            "the query string is ambiguous (a malformed %-escape or ';'): encode it plainly",
+        )
+    readings = [raw.replace(b"+", b" ")]
+    if b"+" in raw:
+        readings.append(raw)
+    texts: list[str] = []
+    for reading in readings:
+        for field in reading.split(b"&"):
+            for part in field.split(b"=", 1):
+                try:
+                    text = unquote_to_bytes(part).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest(
+                        "ambiguous_query", "the query string is not UTF-8 once decoded"
+                    ) from None
+                texts.append(text)
+                for _ in range(2):  # %252e -> %2e -> '.'
+                    if (again := unquote(text)) == text:
+                        break
+                    texts.append(text := again)
+    return "\n".join(texts)
+
+
+# A '%' not followed by two hex digits, or a raw byte outside printable ASCII.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})|[^\x21-\x7e]")

@@ -14,6 +14,7 @@ Reasons name what was found ("card number"), never the text that matched.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -120,6 +121,42 @@ async def _first_label(books: Sequence[_Rulebook], texts: Sequence[str]) -> str 
     return None
 
 
+# Punctuation and symbols that join words ("ignore-all_previous/instructions",
+# "ignore.all"): a model reads the words, so phrases are also matched with
+# them as spaces. A sentence's end ("word. ", "word!" at the end) is left
+# alone: it parts phrases. Letters spelled out one by one ("i g n o r e")
+# are read as one word: phrases match with their spaces missing too.
+_JOINER = re.compile(r"(?<!\w)[.!?]++|[.!?]++(?!\s|\Z)|[^\w\s.!?]|_")
+_SPACES = re.compile(r"\s{2,}+")
+_LETTER_GAP = re.compile(r"(?<=\w)(?<!\w\w) (?=\w(?!\w))")
+
+
+async def _words_apart(texts: Sequence[str]) -> tuple[str, ...]:
+    """``texts``, then each one with joiners as spaces and spelled-out letters joined,
+    when that reads differently."""
+    apart: list[str] = []
+    for text in texts:
+        spaced = await _sub(_JOINER, " ", text)
+        spaced = await _sub(_LETTER_GAP, "", await _sub(_SPACES, " ", spaced))
+        if spaced != text:
+            apart.append(spaced)
+    return (*texts, *apart)
+
+
+async def _sub(pattern: re.Pattern[str], replacement: str, text: str) -> str:
+    """``pattern.sub(replacement, text)``, found a window at a time (``windows``)."""
+    pieces: list[str] = []
+    done = 0
+    async for match in windows.finditer(pattern, text):
+        if match.start() < done:
+            continue  # the rest of a run a previous window's match took whole
+        pieces.append(text[done : match.start()])
+        pieces.append(replacement)
+        done = match.end()
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
 class _LocalJudge:
     """What the local judges share: a name, timing, long texts scanned a window at a time."""
 
@@ -187,7 +224,7 @@ class KeywordJudge(_LocalJudge):
         )
 
     async def _find(self, text: str) -> list[tuple[str, str]]:
-        label = await _first_label(self._books, await readings(text))
+        label = await _first_label(self._books, await _words_apart(await readings(text)))
         return [] if label is None else [(self._category, label)]
 
 
@@ -230,7 +267,8 @@ def _card_pattern(separator: str) -> re.Pattern[str]:
 
 
 # Separators are anything neither letter nor digit: spaces, dashes of any
-# kind, dots, slashes, U+2212 minus (newlines are spaces by then). A list
+# kind, dots, slashes, U+2212 minus (newlines are spaces by then); a run of
+# them is read as one (``_separator_runs_folded``). A list
 # ("0958, 4111 1111 1111 1111, ...") would join a card to its neighbours, so
 # a second pattern reads commas and semicolons as the end of a number.
 _CARDS = (_card_pattern(r"[\W_]"), _card_pattern(r"[^\w,;]"))
@@ -305,7 +343,27 @@ def _card_number(found: str) -> bool:
     return len(set(digits)) > 1 and _luhn_valid(digits)
 
 
+# A run of separators ("4111 ----- 1111") reads as one: the patterns allow up
+# to four between digits (each length needs its own lookbehind), a reader any.
+_SEPARATOR_RUN = re.compile(r"(?:[^\w,;]|_){2,}")
+
+
+async def _separator_runs_folded(text: str) -> str:
+    """``text`` with each run of separators (not commas or semicolons) as one space.
+
+    A chunk at a time, yielding between: a run cut by a chunk's edge becomes
+    two spaces, which the card patterns still read as one separator run.
+    """
+    pieces: list[str] = []
+    for start in range(0, len(text), windows.WINDOW):
+        if start:
+            await asyncio.sleep(0)
+        pieces.append(_SEPARATOR_RUN.sub(" ", text[start : start + windows.WINDOW]))
+    return "".join(pieces)
+
+
 async def _has_card(text: str) -> bool:
+    text = await _separator_runs_folded(text)
     for card in _CARDS:
         if await _any(card, text, _card_number):
             return True
@@ -383,15 +441,15 @@ _INJECTION_PHRASES: dict[str, tuple[str, ...]] = {
         r"\b(?:ignore|disregard) (?:all of |everything )?(?:the )?above(?: text| prompt)?"
         r"(?: and|[,.;:!]|$)",
         r"\b(?:ignore|forget) (?:everything|all) "
-        r"(?:above|before this|you(?: were|['\u2019]ve been| have been) told)\b",
+        r"(?:above|before this|you(?: were|['\u2019`]ve been| have been) told)\b",
     ),
     "persona switch": (
-        r"\byou(?: are|['\u2019]re) now (?:dan\b|(?:in |entering )?(?:developer|dan|jailbreak|"
+        r"\byou(?: are|['\u2019`]re) now (?:dan\b|(?:in |entering )?(?:developer|dan|jailbreak|"
         r"god|unrestricted) mode\b|(?:an? )?(?:unrestricted|unfiltered|uncensored|jailbroken)\b"
         r"|free (?:of|from) |no longer bound\b)",
         r"\b(?:enable|activate|enter|switch to) (?:dan|jailbreak) mode\b",
         r"\b(?:dan|jailbreak) mode (?:enabled|activated)\b",
-        rf"\b(?:pretend (?:that )?(?:you are|you['\u2019]re|to be)|act as) {_WORDS}"
+        rf"\b(?:pretend (?:that )?(?:you are|you['\u2019`]re|to be)|act as) {_WORDS}"
         rf"(?:without|with no|free of|free from) (?:any |all |your )?{_LIMITS}\b",
         rf"\bpretend (?:that )?you (?:have|had) no {_LIMITS}\b",
         rf"\bact as {_WORDS}(?:jailbroken|unrestricted|unfiltered|uncensored)\b",
@@ -443,5 +501,5 @@ class InjectionJudge(_LocalJudge):
         self._books = (*_INJECTION_BOOKS, _Rulebook.build(extra, re.IGNORECASE))
 
     async def _find(self, text: str) -> list[tuple[str, str]]:
-        label = await _first_label(self._books, await readings(text))
+        label = await _first_label(self._books, await _words_apart(await readings(text)))
         return [] if label is None else [("prompt_injection", label)]

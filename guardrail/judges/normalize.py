@@ -16,9 +16,15 @@ in chunks (yielding to the event loop between them) with the same result:
 3. NFKD undoes compatibility forms (fullwidth, superscript, ligatures,
    mathematical letters); its own combining marks are dropped too.
 4. Letters that Unicode's confusables data says look like a Latin letter or
-   digit (Armenian oh, Greek alpha, dotless i, Cyrillic a) become that letter. Mapping them
+   digit (Armenian oh, Greek alpha, dotless i, Cyrillic a) become that letter,
+   and so do ASCII punctuation lookalikes (U+02BC for an apostrophe). Mapping them
    mangles genuine Greek or Russian text into a mix of scripts, which is fine
-   for matching: keywords go through the same function as the text.
+   for matching: keywords go through the same function as the text. Letters and
+   digits that NFKD leaves alone but whose Unicode name says which Latin letter
+   or digit they are (negative squared and circled letters, regional
+   indicators, small capitals, dingbat circled digits) become it too.
+   Tag characters (U+E0020..E007E) are invisible ASCII that models read: the
+   spaced reading reads them as that ASCII.
 5. ``normalize`` also folds case and whitespace runs; matchers that care
    about case (API keys, tokens) use ``strip_invisible``.
 """
@@ -57,17 +63,17 @@ _INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
     (0x180E, 0x180E),  # Mongolian vowel separator
     (0x200B, 0x200F),  # zero-width space/non-joiner/joiner, LRM, RLM
     (0x202A, 0x202E),  # bidi embeddings and overrides
-    (0x2060, 0x2064),  # word joiner, invisible operators
-    (0x2066, 0x206F),  # bidi isolates, deprecated format characters
+    (0x2060, 0x206F),  # word joiner, invisible operators, bidi isolates, U+2065 (reserved)
     (0xFEFF, 0xFEFF),  # zero-width no-break space / BOM
-    (0xFFF9, 0xFFFB),  # interlinear annotation
+    (0xFFF0, 0xFFFB),  # reserved (default ignorable), interlinear annotation
     (0x110BD, 0x110BD),
     (0x110CD, 0x110CD),
     (0x13430, 0x1343F),  # Egyptian hieroglyph format controls (39-3F: Unicode 15)
     (0x1BCA0, 0x1BCA3),
     (0x1D173, 0x1D17A),
-    (0xE0001, 0xE0001),  # language tag
-    (0xE0020, 0xE007F),  # tag characters: invisible ASCII look-alikes
+    # Tags (invisible ASCII: read as ASCII in the spaced reading), variation
+    # selectors, and the rest of the plane, reserved as default ignorable.
+    (0xE0000, 0xE0FFF),
     # Not Cf, but invisible all the same.
     (0x034F, 0x034F),  # combining grapheme joiner
     (0x115F, 0x1160),  # Hangul choseong/jungseong fillers
@@ -79,7 +85,6 @@ _INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
     (0xFE00, 0xFE0F),  # variation selectors
     (0xFFA0, 0xFFA0),  # halfwidth Hangul filler
     (0x1D159, 0x1D159),  # musical symbol null notehead
-    (0xE0100, 0xE01EF),  # variation selectors supplement
     # C0/C1 controls other than whitespace: a NUL inside a word hides it too.
     (0x0000, 0x0008),
     (0x000E, 0x001B),
@@ -118,10 +123,18 @@ class _Tables:
 @cache
 def _tables() -> _Tables:
     invisibles = [code for first, last in _INVISIBLE_RANGES for code in range(first, last + 1)]
-    marks = dict.fromkeys(_marks())
-    lookalikes = _latin_lookalikes()
+    found = _scan()
+    marks = dict.fromkeys(found.marks)
+    lookalikes = {**_latin_lookalikes(), **found.named}
+    # What a model reads in tag characters: "ASCII smuggling".
+    tags = {code: chr(code - 0xE0000) for code in range(0xE0020, 0xE007F)}
     joined: dict[int, str | None] = {**lookalikes, **marks, **dict.fromkeys(invisibles)}
-    spaced: dict[int, str | None] = {**lookalikes, **marks, **dict.fromkeys(invisibles, " ")}
+    spaced: dict[int, str | None] = {
+        **lookalikes,
+        **marks,
+        **dict.fromkeys(invisibles, " "),
+        **tags,
+    }
     folded = {code: latin.casefold() for code, latin in lookalikes.items()}
     return _Tables(
         invisible=re.compile(
@@ -136,19 +149,47 @@ def _tables() -> _Tables:
     )
 
 
-def _marks() -> list[int]:
-    """Code points dropped for matching: combining marks, and any whose NFKD starts with one."""
-    found: list[int] = []
+@dataclass(frozen=True, slots=True)
+class _Found:
+    marks: list[int]  # dropped for matching
+    named: dict[int, str]  # the Latin letter or digit a character's name or value says it is
+
+
+# "NEGATIVE SQUARED LATIN CAPITAL LETTER I", "LATIN LETTER SMALL CAPITAL I",
+# "PARENTHESIZED LATIN SMALL LETTER I", "REGIONAL INDICATOR SYMBOL LETTER I".
+_NAMED_LETTER = re.compile(
+    r"(?:^|\s)(?:LATIN (CAPITAL |SMALL )?LETTER (SMALL CAPITAL )?"
+    r"|REGIONAL INDICATOR SYMBOL LETTER )([A-Z])$"
+)
+
+
+def _scan() -> _Found:
+    """Code points dropped for matching (combining marks, and any whose NFKD starts with
+    one), and those named as a Latin letter or valued as a digit that NFKD leaves alone."""
+    found = _Found([], {})
     start = 0
     for first, last in (*_MARK_FREE_RANGES, (0x110000, 0x110000)):
         for code in range(start, first):
             char = chr(code)
-            if unicodedata.category(char) in ("Mn", "Me") or unicodedata.combining(
-                unicodedata.normalize("NFKD", char)[0]
-            ):
-                found.append(code)
+            decomposed = unicodedata.normalize("NFKD", char)
+            if unicodedata.category(char) in ("Mn", "Me") or unicodedata.combining(decomposed[0]):
+                found.marks.append(code)
+            elif code > 0x7F and not (len(decomposed) == 1 and decomposed.isascii()):
+                if (latin := _named_latin(char)) is not None:
+                    found.named[code] = latin
         start = last + 1
     return found
+
+
+def _named_latin(char: str) -> str | None:
+    # Dingbat and double circled digits have a digit value but no decomposition.
+    digit = unicodedata.digit(char, None)
+    if digit is not None and unicodedata.category(char) != "Nd":
+        return str(digit)
+    if (named := _NAMED_LETTER.search(unicodedata.name(char, ""))) is None:
+        return None
+    small = named[1] == "SMALL " or named[2] is not None
+    return named[3].lower() if small else named[3]
 
 
 def _latin_lookalikes() -> dict[int, str]:
@@ -164,8 +205,14 @@ def _latin_lookalikes() -> dict[int, str]:
         if latin is None:
             continue
         for char in chars:
-            # ASCII stays itself; a digit keeps its value (cards in any script).
-            if len(char) != 1 or char.isascii() or unicodedata.category(char) == "Nd":
+            # ASCII stays itself; a digit keeps its value (cards in any script);
+            # NFKD's reading wins (U+017F, long s, is an "s", though it looks like an "f").
+            if (
+                len(char) != 1
+                or char.isascii()
+                or unicodedata.category(char) == "Nd"
+                or unicodedata.normalize("NFKD", char).isascii()
+            ):
                 continue
             # "l", "I" and "1" share one prototype: a capital reads as "I".
             table.setdefault(ord(char), "I" if latin == "l" and char.isupper() else latin)
@@ -177,7 +224,7 @@ def _latin_letter(prototype: str, chars: list[str]) -> str | None:
     if not prototype.isascii():
         return None
     if len(prototype) == 1:
-        return prototype if prototype.isalnum() else None
+        return prototype if prototype.isprintable() else None
     # "rn" is the prototype of "m": a group whose one Latin letter is "m" maps to it.
     letters = {char for char in chars if len(char) == 1 and char.isascii() and char.isalnum()}
     return letters.pop() if len(letters) == 1 else None
@@ -246,9 +293,16 @@ def normalize(text: str, *, spaced: bool = False) -> str:
 
 
 # Every local judge reads the same request text: the first pays, the rest hit
-# this cache. Small, so at most a few recent texts stay in memory.
+# this cache. Small, so at most a few recent texts stay in memory; bounded in
+# characters too, as NFKD can make a reading eighteen times its text (U+FDFA).
 _RECENT: OrderedDict[tuple[str, int], dict[bool, tuple[str, ...]]] = OrderedDict()
 _RECENT_SIZE = 8
+_RECENT_CHARS = 1 << 25
+
+
+def _size(entry: tuple[tuple[str, int], dict[bool, tuple[str, ...]]]) -> int:
+    (text, _), cached = entry
+    return len(text) + sum(len(reading) for both in cached.values() for reading in both)
 
 
 async def readings(text: str, *, fold: bool = True, chunk: int = CHUNK) -> tuple[str, ...]:
@@ -262,8 +316,9 @@ async def readings(text: str, *, fold: bool = True, chunk: int = CHUNK) -> tuple
             kept, folded, _ = await _reading(text, spaced=True, chunk=chunk)
             cached = {False: (*cached[False], kept), True: (*cached[True], folded)}
         _RECENT[key] = cached
-        if len(_RECENT) > _RECENT_SIZE:
-            _RECENT.popitem(last=False)
+        total = sum(map(_size, _RECENT.items()))
+        while len(_RECENT) > _RECENT_SIZE or (total > _RECENT_CHARS and len(_RECENT) > 1):
+            total -= _size(_RECENT.popitem(last=False))
     _RECENT.move_to_end(key)
     return cached[fold]
 
@@ -273,12 +328,17 @@ async def _reading(text: str, *, spaced: bool, chunk: int) -> tuple[str, str, bo
     kept: list[str] = []
     folded: list[str] = []
     after_space, saw_invisible = True, False
-    for start in range(0, len(text), chunk):
+    start, step = 0, chunk
+    while start < len(text):
         if start:
             await asyncio.sleep(0)
-        piece = text[start : start + chunk]
+        piece = text[start : start + step]
+        start += len(piece)
         saw_invisible = saw_invisible or _has_invisible(piece)
         kept.append(_kept(piece, spaced=spaced))
         folded_piece, after_space = _fold_spaces(_folded(kept[-1]), after_space)
         folded.append(folded_piece)
+        # About ``chunk`` characters of output per turn: NFKD can make one
+        # character eighteen (U+FDFA), and folding works on what it made.
+        step = max(64, chunk * len(piece) // max(len(kept[-1]), len(piece)))
     return "".join(kept), "".join(folded).rstrip(" "), saw_invisible
