@@ -337,8 +337,14 @@ async def test_card_in_fullwidth_digits_is_flagged() -> None:
     assert "pii_card" in verdict.categories
 
 
-async def test_card_inside_a_longer_digit_run_is_not_a_card() -> None:
+async def test_card_inside_a_longer_digit_run_is_a_card() -> None:
+    # A reader sees the card among the other digits (tests/test_obfuscation.py has more).
     verdict = await PIIJudge("pii", kinds=["card"]).screen("ref 99 4111 1111 1111 1111 99")
+    assert verdict.flagged
+
+
+async def test_digits_grouped_unlike_a_card_inside_a_longer_run_are_not_a_card() -> None:
+    verdict = await PIIJudge("pii", kinds=["card"]).screen("ref 99 4111 11 11 1111 1111 99")
     assert not verdict.flagged
 
 

@@ -329,3 +329,51 @@ def test_a_policy_pattern_without_bound_is_found_across_windows(filler: str, at:
     text = filler[:at] + " " + needle + " " + filler[at:]
     found = asyncio.run(windows.search(pattern, text, window=128))
     assert found is not None
+
+
+# --- a card inside a longer run of digits ----------------------------------------
+
+# Luhn-valid test numbers of three networks, written as each is printed.
+CARDS_AS_PRINTED = ("4111 1111 1111 1111", "5555 5555 5555 4444", "3782 822463 10005")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Card: 114 4111 1111 1111 1111",  # a run that fails Luhn as a whole
+        "word114 4111 1111 1111 1111",
+        "4111 1111 1111 1111 22",
+        "ref 2024 4111-1111-1111-1111",
+        "call 12 4111111111111111",
+        "x 12.4111.1111.1111.1111",
+        "amex 9 3782 822463 10005",
+    ],
+)
+def test_a_card_with_digits_before_or_after_it_is_flagged(text: str) -> None:
+    assert card_flags(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "years 2020 2021 2022 2023 2024 2025",
+        "1234 5678 9012 3456 7890 1234",
+        "order 1000 2000 3000 4000 5000",
+    ],
+)
+def test_runs_of_numbers_that_hold_no_card_pass(text: str) -> None:
+    assert not card_flags(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    card=st.sampled_from(CARDS_AS_PRINTED),
+    before=st.lists(st.from_regex(r"\A[0-9]{1,6}\Z"), max_size=4),
+    after=st.lists(st.from_regex(r"\A[0-9]{1,6}\Z"), max_size=4),
+    separator=st.sampled_from([" ", "-", ".", "/", "  ", "\u2013", "\n"]),
+)
+def test_digit_groups_around_a_card_never_hide_it(
+    card: str, before: list[str], after: list[str], separator: str
+) -> None:
+    groups = [*before, *card.split(" "), *after]
+    assert card_flags("number " + separator.join(groups) + " thanks")
