@@ -81,6 +81,9 @@ class GuardedExchange:
         app_scope = {**app_scope, "extensions": extensions}
 
         def start_app() -> asyncio.Future[None]:
+            # The output stage's idle clock runs from the app's start, not the
+            # screening an after_verdict app waited through.
+            hold.last_message_at = time.monotonic()
             self.app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
             return self.app_task
 
