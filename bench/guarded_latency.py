@@ -13,7 +13,10 @@ GIL with the app under test:
 
 Scenarios: (a) app 200 ms, screen 150 ms (one LLM judge plus the local
 injection and pii judges), concurrency 1 and 32; (b) the same with zero-latency
-stubs at concurrency 32; (c) zero-latency app guarded by the default,
+stubs at concurrency 32; (a) and (b) run bare, guarded with the app started in
+parallel with the screens (``start_app: parallel``, the default: ``max(app,
+screen)`` expected) and with it started after the verdict (``after_verdict``:
+``screen + app`` expected); (c) zero-latency app guarded by the default,
 local-only policy at concurrency 32: the middleware's own overhead.
 
 Every response must be a 200 with the app stub's answer; any failure is
@@ -83,6 +86,7 @@ class Row:
     decisions: dict[str, float] = field(default_factory=dict)
     vs_bare_ms: float | None = None
     vs_max_ratio: float | None = None
+    vs_sum_ratio: float | None = None
 
 
 async def run_scenario(server: Server, row: Row, guarded: bool, stub_pids: list[int]) -> Row:
@@ -138,6 +142,7 @@ def print_table(rows: list[Row]) -> None:
             Column("others", 6, ">"),
             Column("fail", 4, "d"),
             Column("p50/max", 7, ".3f"),
+            Column("p50/sum", 7, ".3f"),
             Column("p50-bare", 8, "+.1f"),
             Column("added mean", 10, ".2f"),
             Column("added p99", 9, ".2f"),
@@ -158,13 +163,15 @@ def print_table(rows: list[Row]) -> None:
             f"{r.others_pct:.0f}%",
             r.failures,
             r.vs_max_ratio,
+            r.vs_sum_ratio,
             r.vs_bare_ms,
             r.added_mean_ms,
             r.added_p99_ms,
         )
     table.print(
-        "p50/max: guarded p50 / max(app 200 ms, screen 150 ms). p50-bare: guarded p50 minus"
-        " the bare p50 of the same stubs and concurrency (ms). added mean/p99 (ms): the"
+        "p50/max: guarded p50 / max(app 200 ms, screen 150 ms); p50/sum: guarded p50 /"
+        " (app 200 ms + screen 150 ms), what after_verdict should cost. p50-bare: guarded"
+        " p50 minus the bare p50 of the same stubs and concurrency (ms). added mean/p99 (ms): the"
         " middleware's own guardrail_added_latency_seconds (sum/count; p99 interpolated in"
         " its buckets). cpu app / stubs / client: CPU ms per request (utime+stime) of the app"
         " server process, of both stub processes together, and of this load client. others:"
@@ -182,11 +189,20 @@ async def bench(args: argparse.Namespace) -> list[Row]:
         guarded_policy = stack.enter_context(
             policy_file(GUARDED_POLICY.format(judge_url=judge_stub.base_url))
         )
+        # The same policy, the app started only once the verdict allows the request.
+        serial_policy = stack.enter_context(
+            policy_file(
+                GUARDED_POLICY.format(judge_url=judge_stub.base_url).replace(
+                    "input:\n", "input:\n  start_app: after_verdict\n"
+                )
+            )
+        )
         servers = {
             name: Server(name, policy=policy, upstream_url=app_stub.base_url)
             for name, policy in (
                 ("bare", "bare"),
                 ("guarded", guarded_policy),
+                ("after-verdict", serial_policy),
                 ("local-only", "default"),
             )
         }
@@ -208,10 +224,19 @@ async def bench(args: argparse.Namespace) -> list[Row]:
             g = await run_scenario(
                 servers["guarded"], Row(scenario, "guarded+llm", concurrency, n), True, stub_pids
             )
-            g.vs_bare_ms = g.p50_ms - b.p50_ms
-            if with_ratio:
-                g.vs_max_ratio = ratio(g.p50_ms, max(APP_LATENCY_S, SCREEN_LATENCY_S) * 1000)
-            rows.extend([b, g])
+            s = await run_scenario(
+                servers["after-verdict"],
+                Row(scenario, "after_verdict", concurrency, n),
+                True,
+                stub_pids,
+            )
+            for guarded in (g, s):
+                guarded.vs_bare_ms = guarded.p50_ms - b.p50_ms
+                if with_ratio:
+                    both = (APP_LATENCY_S, SCREEN_LATENCY_S)
+                    guarded.vs_max_ratio = ratio(guarded.p50_ms, max(both) * 1000)
+                    guarded.vs_sum_ratio = ratio(guarded.p50_ms, sum(both) * 1000)
+            rows.extend([b, g, s])
 
         app_stub.set_latency(APP_LATENCY_S)
         judge_stub.set_latency(SCREEN_LATENCY_S)
@@ -223,7 +248,7 @@ async def bench(args: argparse.Namespace) -> list[Row]:
         judge_stub.set_latency(0.0)
         print("(b) zero-latency stubs")
         await pair("b: app0/screen0", 32, n_zero, False)
-        bare_zero = rows[-2]
+        bare_zero = rows[-3]
 
         print("(c) zero-latency app, default local-only policy")
         c = await run_scenario(

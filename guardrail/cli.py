@@ -122,6 +122,12 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
+_STARTS = {
+    "parallel": "with the screens (parallel: it receives requests that are then refused)",
+    "after_verdict": "after the input verdict (after_verdict: refused requests never reach it)",
+}
+
+
 def summary(policy: Policy) -> str:
     """A human summary of what a valid policy does."""
     routes = ", ".join(f"{'|'.join(r.methods)} {r.path}" for r in policy.routes)
@@ -134,6 +140,7 @@ def summary(policy: Policy) -> str:
         spec = policy.judges[screen.judge]
         only = f", only {', '.join(screen.categories)}" if screen.categories else ""
         lines.append(f"    - {screen.judge} ({spec.type}, timeout {screen.timeout_s}s{only})")
+    lines.append(f"  app:       started {_STARTS[policy.input.start_app]}")
     if policy.output is not None:
         out = policy.output
         lines.append(

@@ -1,8 +1,12 @@
 """One guarded request: read, screen while the app runs, then release or refuse.
 
-The app runs from the start, in parallel with the screens, so an allowed
-request costs ``max(app, screen)``. Its response is held (``Hold``) until the
-verdict; a refusal cancels it, which stops its upstream LLM call.
+By default (``input.start_app: parallel``) the app runs from the start, in
+parallel with the screens, so an allowed request costs ``max(app, screen)``.
+Its response is held (``Hold``) until the verdict; a refusal cancels it, which
+stops its upstream LLM call, but the app did receive the request. With
+``after_verdict`` the app is started only once the verdict allows the request:
+a refused one (or one whose client left while it was screened) never reaches
+it, and an allowed one costs ``screen + app``.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +46,7 @@ class GuardedExchange:
         self.started = time.perf_counter()
         self.sent_all_at: float | None = None  # the response's last byte went to the server
         self.app_report: dict[str, str] = {}  # what the app reports (REPORT_EXTENSION)
+        self.app_task: asyncio.Future[None] | None = None  # None until the app is started
 
     async def run(self) -> None:
         """Guard the request; count it whatever happens, and re-raise the app's errors."""
@@ -73,19 +79,29 @@ class GuardedExchange:
         hold = Hold(self._to_client)
         extensions = {**(app_scope.get("extensions") or {}), REPORT_EXTENSION: self.app_report}
         app_scope = {**app_scope, "extensions": extensions}
-        app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
+
+        def start_app() -> asyncio.Future[None]:
+            # The output stage's idle clock runs from the app's start, not the
+            # screening an after_verdict app waited through.
+            hold.last_message_at = time.monotonic()
+            self.app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
+            return self.app_task
+
+        if self.guard.policy.input.start_app == "parallel":
+            start_app()
         verdict_task = asyncio.ensure_future(self.guard.assess(text))
         try:
-            await self._respond(request, hold, app_task, verdict_task, watcher)
+            await self._respond(request, hold, start_app, verdict_task, watcher)
         finally:
-            for task in (watcher, verdict_task, app_task):
-                task.cancel()  # no-op for finished tasks; ends ours if we were cancelled
+            for task in (watcher, verdict_task, self.app_task):
+                if task is not None:
+                    task.cancel()  # no-op for finished tasks; ends ours if we were cancelled
 
     async def _respond(
         self,
         request: ChatRequest,
         hold: Hold,
-        app_task: asyncio.Future[None],
+        start_app: Callable[[], asyncio.Future[None]],
         verdict_task: asyncio.Future[Assessment],
         watcher: asyncio.Future[None],
     ) -> None:
@@ -93,14 +109,22 @@ class GuardedExchange:
         await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         if not verdict_task.done():  # the client left before the verdict
             verdict_task.cancel()
-            await self._cancel_app(app_task, "client_disconnected")
+            await self._cancel_app(self.app_task, "client_disconnected")
             return
         assessment = self.record.assessment = verdict_task.result()
         self.record.decision = decision = assessment.decision
         if decision in REFUSING:
-            await self._cancel_app(app_task, "blocked")
+            await self._cancel_app(self.app_task, "blocked")
             await self._reply(self.guard.refusal(request))
             return
+        if self.app_task is None:  # after_verdict: the request is allowed, start the app now
+            if watcher.done():
+                # The client left as the verdict came: nobody to answer, so an app
+                # with side effects is not started for it. Nothing was cancelled.
+                return
+            start_app()
+        app_task = self.app_task
+        assert app_task is not None
         if self.guard.output_screens:
             await self._release_screened(request, hold, app_task, watcher)
             return
@@ -225,7 +249,9 @@ class GuardedExchange:
             pass
         self.disconnected.set()
 
-    async def _cancel_app(self, app_task: asyncio.Future[None], reason: str) -> None:
+    async def _cancel_app(self, app_task: asyncio.Future[None] | None, reason: str) -> None:
+        if app_task is None:  # after_verdict, and it was never started: nothing to cancel
+            return
         if app_task.done():
             if not app_task.cancelled() and app_task.exception() is not None:
                 log.warning(

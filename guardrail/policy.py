@@ -213,9 +213,17 @@ class Screen(_Strict):
 
 
 class InputStage(_Strict):
-    """The screens run on the request, concurrently with the app."""
+    """The screens run on the request, concurrently with the app unless told otherwise."""
 
     screens: tuple[Screen, ...] = Field(min_length=1)
+    # When the app (or the proxy's forward to the upstream) is started.
+    # parallel: with the screens, its answer held until the verdict: an allowed
+    # request costs max(app, screen), but the app receives every request, even
+    # one then refused (its call is cancelled, not undone).
+    # after_verdict: only once the input verdict allows the request: a refused
+    # request never reaches the app, for apps with side effects (tools, mail,
+    # writes, an upstream that logs or bills prompts); allowed ones cost screen + app.
+    start_app: Literal["parallel", "after_verdict"] = "parallel"
 
 
 class OutputStage(_Strict):
