@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -131,9 +132,29 @@ _SPACES = re.compile(r"\s{2,}+")
 _LETTER_GAP = re.compile(r"(?<=\w)(?<!\w\w) (?=\w(?!\w))")
 
 
-async def _words_apart(texts: Sequence[str]) -> tuple[str, ...]:
+# The keyword and injection judges read the same request text: the first
+# pays for its words-apart readings, the other finds them here. Bounded like
+# the readings cache (``normalize.readings``): a few texts, and in characters.
+_APART: OrderedDict[tuple[str, ...], tuple[str, ...]] = OrderedDict()
+_APART_SIZE = 8
+_APART_CHARS = 1 << 25
+
+
+async def _words_apart(texts: tuple[str, ...]) -> tuple[str, ...]:
     """``texts``, then each one with joiners as spaces and spelled-out letters joined,
     when that reads differently."""
+    if (cached := _APART.get(texts)) is None:
+        cached = await _words_apart_uncached(texts)
+        _APART[texts] = cached
+        while len(_APART) > _APART_SIZE or (
+            sum(len(t) for both in _APART.values() for t in both) > _APART_CHARS and len(_APART) > 1
+        ):
+            _APART.popitem(last=False)
+    _APART.move_to_end(texts)
+    return cached
+
+
+async def _words_apart_uncached(texts: Sequence[str]) -> tuple[str, ...]:
     apart: list[str] = []
     for text in texts:
         spaced = await _sub(_JOINER, " ", text)
@@ -145,6 +166,8 @@ async def _words_apart(texts: Sequence[str]) -> tuple[str, ...]:
 
 async def _sub(pattern: re.Pattern[str], replacement: str, text: str) -> str:
     """``pattern.sub(replacement, text)``, found a window at a time (``windows``)."""
+    if len(text) <= windows.WINDOW:
+        return pattern.sub(replacement, text)  # one window: the same matches, no machinery
     pieces: list[str] = []
     done = 0
     async for match in windows.finditer(pattern, text):
@@ -305,6 +328,9 @@ def _luhn_valid(digits: str) -> bool:
 
 async def _any(pattern: re.Pattern[str], text: str, accept: Callable[[str], bool]) -> bool:
     """Whether some match of ``pattern`` in ``text`` passes ``accept``."""
+    if len(text) <= windows.WINDOW:
+        # One window: the matches ``windows.finditer`` gives, without its generator.
+        return any(accept(m.group()) for m in pattern.finditer(text) if m.start() < len(text))
     async for match in windows.finditer(pattern, text):
         if accept(match.group()):
             return True
@@ -329,7 +355,33 @@ def _trunk_number(number: str) -> bool:
     return 9 <= sum(char.isdecimal() for char in number) <= 15 and len(separators) == 1
 
 
+_DIGIT = re.compile(r"\d")
+# The fewest digits a finding holds: every phone pattern's match that is
+# accepted has 7 or more (NANP 10, international 7, trunk 9), a card 13.
+_PHONE_DIGITS = 7
+_CARD_DIGITS = 13
+
+
+async def _digits_at_least(text: str, count: int) -> bool:
+    """Whether ``text`` holds ``count`` decimal digits or more, a window at a time."""
+    seen = 0
+    for start in range(0, len(text), windows.WINDOW):
+        if start:
+            await asyncio.sleep(0)
+        for _ in _DIGIT.finditer(text, start, start + windows.WINDOW):
+            seen += 1
+            if seen >= count:
+                return True
+    return False
+
+
 async def _has_phone(text: str) -> bool:
+    # Benign prose has few digits: counting them is a fast scan, the phone
+    # patterns are not.
+    return await _digits_at_least(text, _PHONE_DIGITS) and await _has_phone_scanned(text)
+
+
+async def _has_phone_scanned(text: str) -> bool:
     return (
         await _any(_PHONE_NANP, text, _anything)
         or await _any(_PHONE_INTL, text, _phone_digits)
@@ -363,6 +415,10 @@ async def _separator_runs_folded(text: str) -> str:
 
 
 async def _has_card(text: str) -> bool:
+    return await _digits_at_least(text, _CARD_DIGITS) and await _has_card_scanned(text)
+
+
+async def _has_card_scanned(text: str) -> bool:
     text = await _separator_runs_folded(text)
     for card in _CARDS:
         if await _any(card, text, _card_number):
@@ -430,11 +486,20 @@ def _looks_random(key: str) -> bool:
 
 
 async def _secret_label(text: str) -> str | None:
+    if len(text) <= windows.WINDOW:
+        return next(filter(None, map(_secret_found, _SECRET.finditer(text))), None)
     async for match in windows.finditer(_SECRET, text):
-        start = match.start()
-        label = next((label for p, label in _SECRET_MEMBERS if p.match(text, start)), None)
-        if label is not None and (label != "OpenAI API key" or _looks_random(match.group())):
+        if (label := _secret_found(match)) is not None:
             return label
+    return None
+
+
+def _secret_found(match: re.Match[str]) -> str | None:
+    """The label of a secret format match, or None if it is not one after all."""
+    text, start = match.string, match.start()
+    label = next((label for p, label in _SECRET_MEMBERS if p.match(text, start)), None)
+    if label is not None and (label != "OpenAI API key" or _looks_random(match.group())):
+        return label
     return None
 
 

@@ -74,6 +74,11 @@ async def search(
     pattern: re.Pattern[str], text: str, *, window: int = WINDOW
 ) -> re.Match[str] | None:
     """The first match in ``text``, found a window at a time."""
+    if len(text) <= window:
+        # One window: the same match, without the generator (which, like
+        # ``finditer``, takes no empty match at the very end).
+        match = pattern.search(text)
+        return match if match is not None and match.start() < len(text) else None
     async for match in finditer(pattern, text, window=window):
         return match
     return None
