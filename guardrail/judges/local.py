@@ -164,13 +164,15 @@ async def _words_apart_uncached(texts: Sequence[str]) -> tuple[str, ...]:
     return (*texts, *apart)
 
 
-async def _sub(pattern: re.Pattern[str], replacement: str, text: str) -> str:
+async def _sub(
+    pattern: re.Pattern[str], replacement: str, text: str, *, window: int = windows.WINDOW
+) -> str:
     """``pattern.sub(replacement, text)``, found a window at a time (``windows``)."""
-    if len(text) <= windows.WINDOW:
+    if len(text) <= window:
         return pattern.sub(replacement, text)  # one window: the same matches, no machinery
     pieces: list[str] = []
     done = 0
-    async for match in windows.finditer(pattern, text):
+    async for match in windows.finditer(pattern, text, window=window):
         if match.start() < done:
             continue  # the rest of a run a previous window's match took whole
         pieces.append(text[done : match.start()])
@@ -326,12 +328,18 @@ def _luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-async def _any(pattern: re.Pattern[str], text: str, accept: Callable[[str], bool]) -> bool:
+async def _any(
+    pattern: re.Pattern[str],
+    text: str,
+    accept: Callable[[str], bool],
+    *,
+    window: int = windows.WINDOW,
+) -> bool:
     """Whether some match of ``pattern`` in ``text`` passes ``accept``."""
-    if len(text) <= windows.WINDOW:
+    if len(text) <= window:
         # One window: the matches ``windows.finditer`` gives, without its generator.
         return any(accept(m.group()) for m in pattern.finditer(text) if m.start() < len(text))
-    async for match in windows.finditer(pattern, text):
+    async for match in windows.finditer(pattern, text, window=window):
         if accept(match.group()):
             return True
     return False
@@ -485,10 +493,10 @@ def _looks_random(key: str) -> bool:
     return all(any(is_class(char) for char in body) for is_class in classes)
 
 
-async def _secret_label(text: str) -> str | None:
-    if len(text) <= windows.WINDOW:
+async def _secret_label(text: str, *, window: int = windows.WINDOW) -> str | None:
+    if len(text) <= window:
         return next(filter(None, map(_secret_found, _SECRET.finditer(text))), None)
-    async for match in windows.finditer(_SECRET, text):
+    async for match in windows.finditer(_SECRET, text, window=window):
         if (label := _secret_found(match)) is not None:
             return label
     return None
