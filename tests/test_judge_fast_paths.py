@@ -121,3 +121,44 @@ def test_keyword_and_injection_judges_share_one_words_apart_reading() -> None:
     text = text.replace("1", "2")
     for judge in (injection, keywords):
         assert asyncio.run(judge.screen(text)).flagged
+
+
+def _card_inside_run_everywhere(run: str) -> bool:
+    """Every stretch of whole groups tried, whatever its first group: the reference."""
+    groups = re.findall(r"\d+", run)
+    if len(groups) < 2 or sum(map(len, groups)) < 14:
+        return False
+    for first in range(len(groups)):
+        if not 2 <= int(groups[first][0]) <= 6:
+            continue
+        for last in range(first, len(groups)):
+            stretch = groups[first : last + 1]
+            digits = sum(map(len, stretch))
+            if digits > 19:
+                break
+            if (
+                digits >= 13
+                and local._card_grouping([len(g) for g in stretch])
+                and local._card_number("".join(stretch))
+            ):
+                return True
+    return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    groups=st.lists(
+        st.one_of(
+            st.from_regex(r"[0-9]{1,6}", fullmatch=True),
+            st.from_regex(r"[2-6][0-9]{12,18}", fullmatch=True),
+            st.sampled_from(["4111", "1111", "4242", "5555", "3782", "822463", "10005"]),
+        ),
+        max_size=12,
+    ),
+    separator=st.sampled_from([" ", "-", " - ", "."]),
+)
+def test_a_card_inside_a_run_is_found_as_by_trying_every_stretch(
+    groups: list[str], separator: str
+) -> None:
+    run = separator.join(groups)
+    assert asyncio.run(local._card_inside_run(run)) == _card_inside_run_everywhere(run)

@@ -471,6 +471,12 @@ async def _card_inside_run(run: str) -> bool:
             await asyncio.sleep(0)
         if not 2 <= int(group[0]) <= 6:
             continue
+        if len(group) != 4:
+            # Every grouping of two groups or more starts with four digits
+            # (``_card_grouping``): this group can only be a card alone.
+            if 13 <= len(group) <= 19 and _card_number(group):
+                return True
+            continue
         digits = 0
         for last in range(first, len(groups)):
             digits += len(groups[last])
