@@ -172,12 +172,13 @@ async def _sub(
         return pattern.sub(replacement, text)  # one window: the same matches, no machinery
     pieces: list[str] = []
     done = 0
-    async for match in windows.finditer(pattern, text, window=window):
-        if match.start() < done:
-            continue  # the rest of a run a previous window's match took whole
-        pieces.append(text[done : match.start()])
-        pieces.append(replacement)
-        done = match.end()
+    async for found in windows.batches(pattern, text, window=window):
+        for match in found:
+            if match.start() < done:
+                continue  # the rest of a run a previous window's match took whole
+            pieces.append(text[done : match.start()])
+            pieces.append(replacement)
+            done = match.end()
     pieces.append(text[done:])
     return "".join(pieces)
 
