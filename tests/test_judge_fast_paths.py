@@ -10,7 +10,9 @@ test runs the fast path and the full path on generated texts and compares.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import re
+import string
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -162,3 +164,76 @@ def test_a_card_inside_a_run_is_found_as_by_trying_every_stretch(
 ) -> None:
     run = separator.join(groups)
     assert asyncio.run(local._card_inside_run(run)) == _card_inside_run_everywhere(run)
+
+
+def _first_characters(parsed: object) -> set[int] | None:
+    """The code points a match of a parsed regex can start with; None when any can."""
+    constants = importlib.import_module("re._constants")
+    for op, av in parsed:  # type: ignore[attr-defined]
+        if op is constants.AT:
+            continue  # \b takes no character
+        if op is constants.LITERAL:
+            return {av}
+        if op is constants.SUBPATTERN:
+            return _first_characters(av[-1])
+        if op is constants.BRANCH:
+            found: set[int] = set()
+            for branch in av[1]:
+                if (chars := _first_characters(branch)) is None:
+                    return None
+                found |= chars
+            return found
+        return None
+    return None
+
+
+def test_every_injection_phrase_starts_with_a_lowercase_letter() -> None:
+    # The phrase book rejects every position not at [a-z] before trying a phrase.
+    lowercase = set(map(ord, string.ascii_lowercase))
+    parser = importlib.import_module("re._parser")
+    for phrases in local._INJECTION_PHRASES.values():
+        for phrase in phrases:
+            first = _first_characters(parser.parse(local._spaces_optional(phrase)))
+            assert first is not None and first <= lowercase, phrase
+
+
+_PHRASE_PIECES = st.sampled_from(
+    [
+        "ignore",
+        "all",
+        "previous",
+        "instructions",
+        "you are now",
+        "dan",
+        "mode",
+        "reveal your system prompt",
+        "act as",
+        "without",
+        "restrictions",
+        "new instructions:",
+        " ",
+        ".",
+        "_",
+        "-",
+        "1",
+        "x",
+        "é",
+        "nerve agent",
+        "ricin",
+        "ric",
+        "in",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.lists(_PHRASE_PIECES, max_size=30).map("".join))
+def test_a_rulebook_with_first_characters_finds_what_the_plain_alternation_finds(
+    text: str,
+) -> None:
+    keywords = local.KeywordJudge("banned", keywords=["nerve agent", "ricin", "-x"])
+    for book in (*local._INJECTION_BOOKS[:1], keywords._books[0]):
+        assert book.combined is not None
+        plain = re.compile("|".join(p.pattern for p, _ in book.members))
+        found, expected = book.combined.search(text), plain.search(text)
+        assert (found and found.span()) == (expected and expected.span())

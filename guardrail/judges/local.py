@@ -83,8 +83,13 @@ class _Rulebook:
     alone: tuple[tuple[re.Pattern[str], str], ...]
 
     @classmethod
-    def build(cls, rules: Sequence[tuple[str, str]], flags: int) -> _Rulebook:
-        """Compile (label, regex) pairs; a bad regex raises ValueError naming it."""
+    def build(cls, rules: Sequence[tuple[str, str]], flags: int, *, starts: str = "") -> _Rulebook:
+        """Compile (label, regex) pairs; a bad regex raises ValueError naming it.
+
+        ``starts``, a character class every match of every rule starts with,
+        lets the alternation reject a position on one character (``re`` has no
+        other way to skip the positions no branch can start at).
+        """
         members: list[tuple[re.Pattern[str], str]] = []
         alone: list[tuple[re.Pattern[str], str]] = []
         for label, source in rules:
@@ -95,7 +100,8 @@ class _Rulebook:
         # Joined bare, not wrapped in groups: that lets ``re`` hoist a shared
         # leading \b and reject a position on each branch's first literal.
         try:
-            combined = re.compile("|".join(p.pattern for p, _ in members), flags)
+            joined = "|".join(p.pattern for p, _ in members)
+            combined = re.compile(f"(?={starts})(?:{joined})" if starts else joined, flags)
         except re.error:  # group names that collide across patterns
             return cls(None, (), (*members, *alone))
         return cls(combined, tuple(members), tuple(alone))
@@ -219,6 +225,11 @@ class _LocalJudge:
         """Nothing to release."""
 
 
+def _first_characters(words: Sequence[str]) -> str:
+    """A character class of the words' first characters."""
+    return "[" + "".join(sorted({re.escape(word[0]) for word in words})) + "]"
+
+
 class KeywordJudge(_LocalJudge):
     """Flags whole-word keywords and regex patterns from the policy."""
 
@@ -245,7 +256,10 @@ class KeywordJudge(_LocalJudge):
         super().__init__(name)
         self._category = category
         self._books = (
-            _Rulebook.build(keyword_rules if words else [], 0),
+            # Every keyword match starts with a keyword's first character.
+            _Rulebook.build(
+                keyword_rules if words else [], 0, starts=_first_characters(words) if words else ""
+            ),
             _Rulebook.build(pattern_rules, re.IGNORECASE),
         )
 
@@ -617,8 +631,12 @@ _ROLE_MARKERS = (
     r"</s> ?(?:<s> ?)?(?:\[inst\]|<\||<<sys>>|(?:system|assistant|user) ?:)",
 )
 _INJECTION_BOOKS = (
+    # Every phrase starts with a word of lowercase ASCII letters (the text is
+    # case folded): positions anywhere else are rejected on one character.
     _Rulebook.build(
-        [(label, _spaces_optional(p)) for label, ps in _INJECTION_PHRASES.items() for p in ps], 0
+        [(label, _spaces_optional(p)) for label, ps in _INJECTION_PHRASES.items() for p in ps],
+        0,
+        starts="[a-z]",
     ),
     _Rulebook.build([("fake role marker", p) for p in _ROLE_MARKERS], 0),
 )
