@@ -237,3 +237,21 @@ def test_a_rulebook_with_first_characters_finds_what_the_plain_alternation_finds
         plain = re.compile("|".join(p.pattern for p, _ in book.members))
         found, expected = book.combined.search(text), plain.search(text)
         assert (found and found.span()) == (expected and expected.span())
+
+
+# The words-apart patterns as first written, before each was led by the
+# character its matches start with.
+_PLAIN_JOINER = re.compile(r"(?<!\w)[.!?]++|[.!?]++(?!\s|\Z)|[^\w\s.!?]|_")
+_PLAIN_LETTER_GAP = re.compile(r"(?<=\w)(?<!\w\w) (?=\w(?!\w))")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from(["a", "b", "é", "ж", "1", "_", " ", "  ", ".", "!", "?", "-", "/", "\n"]),
+        max_size=40,
+    ).map("".join)
+)
+def test_words_apart_patterns_replace_what_the_plain_ones_replace(text: str) -> None:
+    assert local._JOINER.sub(" ", text) == _PLAIN_JOINER.sub(" ", text)
+    assert local._LETTER_GAP.sub("", text) == _PLAIN_LETTER_GAP.sub("", text)

@@ -133,9 +133,13 @@ async def _first_label(books: Sequence[_Rulebook], texts: Sequence[str]) -> str 
 # them as spaces. A sentence's end ("word. ", "word!" at the end) is left
 # alone: it parts phrases. Letters spelled out one by one ("i g n o r e")
 # are read as one word: phrases match with their spaces missing too.
-_JOINER = re.compile(r"(?<!\w)[.!?]++|[.!?]++(?!\s|\Z)|[^\w\s.!?]|_")
+# Each pattern lets ``re`` reject most positions on one character: the
+# joiner's lookahead names what every match starts with (neither a letter,
+# digit nor space; or "_"), and a letter gap starts with its space, its
+# lookbehinds reaching back over it.
+_JOINER = re.compile(r"(?=[^\w\s]|_)(?:(?<!\w)[.!?]++|[.!?]++(?!\s|\Z)|[^\w\s.!?]|_)")
 _SPACES = re.compile(r"\s{2,}+")
-_LETTER_GAP = re.compile(r"(?<=\w)(?<!\w\w) (?=\w(?!\w))")
+_LETTER_GAP = re.compile(r" (?<=\w )(?<!\w\w )(?=\w(?!\w))")
 
 
 # The keyword and injection judges read the same request text: the first
