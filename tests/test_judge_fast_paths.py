@@ -14,7 +14,7 @@ import importlib
 import re
 import string
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from guardrail.judges import local, windows
@@ -52,6 +52,14 @@ _PIECES = st.sampled_from(
         "0",
         "7",
         "\u0663",  # an Arabic-Indic digit: \d counts it
+        "(",
+        ")",
+        ")-(",
+        "+",
+        ",",
+        ";",
+        "4111,1111,1111,1111",
+        "4111 ,;, 1111",
         "x",
     ]
 )
@@ -91,8 +99,27 @@ def test_one_window_sub_and_any_match_the_windowed_ones(text: str, window: int) 
     assert fast_label == asyncio.run(local._secret_label(text, window=window))
 
 
-@settings(max_examples=150, deadline=None)
-@given(text=_TEXTS)
+def _luhn_completed(body: str) -> str:
+    """``body`` and the check digit that makes it pass Luhn."""
+    return next(body + d for d in "0123456789" if local._luhn_valid(body + d))
+
+
+# Numbers written the ways the phone and card patterns read, with the most
+# characters between digits that each allows.
+_CARDS_SPREAD = st.tuples(
+    st.from_regex(r"[2-6][0-9]{11,17}", fullmatch=True).map(_luhn_completed),
+    st.lists(st.sampled_from(["", " ", "-", "_", " -- ", ",", ";", " ,; "]), min_size=19),
+).map(lambda card: "".join(d + sep for d, sep in zip(card[0], card[1], strict=False)).strip())
+_PHONES_SPREAD = st.sampled_from(
+    ["+44-(20)-(7946)", "+1 (415) 555 2671", "(415) 555-2671", "1 (415) 555-2671", "06 12 34 56 78"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.one_of(_PIECES, _CARDS_SPREAD, _PHONES_SPREAD), max_size=40).map("".join))
+@example(text="4222222222222")
+@example(text="4222 ,; 2222 ,; 2222 2")
+@example(text="call +44-(20)-(7946) now")
 def test_the_digit_count_never_skips_a_phone_or_card(text: str) -> None:
     assert asyncio.run(local._has_phone(text)) == asyncio.run(local._has_phone_scanned(text))
     assert asyncio.run(local._has_card(text)) == asyncio.run(local._has_card_scanned(text))

@@ -402,10 +402,24 @@ async def _digits_at_least(text: str, count: int) -> bool:
     return False
 
 
+# Digits close enough together to be one finding. A phone's digits are at
+# most three characters apart (")-(" in "+44-(20)-(7946)"), and it has 7 or
+# more; a card's 13 or more have only separators between them ("4111 -- 1111",
+# and the commas the card list pattern reads as an end). Text in other
+# scripts reads some letters as digits (Cyrillic be as "6"): lone digits,
+# never a cluster.
+_PHONE_CLUSTER = re.compile(r"\d(?:\D{0,3}\d){6}")
+_CARD_CLUSTER = re.compile(r"\d(?:[\W_]*+\d){12}")
+
+
 async def _has_phone(text: str) -> bool:
-    # Benign prose has few digits: counting them is a fast scan, the phone
-    # patterns are not.
-    return await _digits_at_least(text, _PHONE_DIGITS) and await _has_phone_scanned(text)
+    # Benign prose has few digits, and those apart: counting them and finding
+    # a cluster are fast scans, the phone patterns are not.
+    return (
+        await _digits_at_least(text, _PHONE_DIGITS)
+        and await windows.search(_PHONE_CLUSTER, text) is not None
+        and await _has_phone_scanned(text)
+    )
 
 
 async def _has_phone_scanned(text: str) -> bool:
@@ -442,7 +456,11 @@ async def _separator_runs_folded(text: str) -> str:
 
 
 async def _has_card(text: str) -> bool:
-    return await _digits_at_least(text, _CARD_DIGITS) and await _has_card_scanned(text)
+    return (
+        await _digits_at_least(text, _CARD_DIGITS)
+        and await windows.search(_CARD_CLUSTER, text) is not None
+        and await _has_card_scanned(text)
+    )
 
 
 async def _has_card_scanned(text: str) -> bool:
