@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -82,8 +83,13 @@ class _Rulebook:
     alone: tuple[tuple[re.Pattern[str], str], ...]
 
     @classmethod
-    def build(cls, rules: Sequence[tuple[str, str]], flags: int) -> _Rulebook:
-        """Compile (label, regex) pairs; a bad regex raises ValueError naming it."""
+    def build(cls, rules: Sequence[tuple[str, str]], flags: int, *, starts: str = "") -> _Rulebook:
+        """Compile (label, regex) pairs; a bad regex raises ValueError naming it.
+
+        ``starts``, a character class every match of every rule starts with,
+        lets the alternation reject a position on one character (``re`` has no
+        other way to skip the positions no branch can start at).
+        """
         members: list[tuple[re.Pattern[str], str]] = []
         alone: list[tuple[re.Pattern[str], str]] = []
         for label, source in rules:
@@ -94,7 +100,8 @@ class _Rulebook:
         # Joined bare, not wrapped in groups: that lets ``re`` hoist a shared
         # leading \b and reject a position on each branch's first literal.
         try:
-            combined = re.compile("|".join(p.pattern for p, _ in members), flags)
+            joined = "|".join(p.pattern for p, _ in members)
+            combined = re.compile(f"(?={starts})(?:{joined})" if starts else joined, flags)
         except re.error:  # group names that collide across patterns
             return cls(None, (), (*members, *alone))
         return cls(combined, tuple(members), tuple(alone))
@@ -126,14 +133,38 @@ async def _first_label(books: Sequence[_Rulebook], texts: Sequence[str]) -> str 
 # them as spaces. A sentence's end ("word. ", "word!" at the end) is left
 # alone: it parts phrases. Letters spelled out one by one ("i g n o r e")
 # are read as one word: phrases match with their spaces missing too.
-_JOINER = re.compile(r"(?<!\w)[.!?]++|[.!?]++(?!\s|\Z)|[^\w\s.!?]|_")
+# Each pattern lets ``re`` reject most positions on one character: the
+# joiner's lookahead names what every match starts with (neither a letter,
+# digit nor space; or "_"), and a letter gap starts with its space, its
+# lookbehinds reaching back over it.
+_JOINER = re.compile(r"(?=[^\w\s]|_)(?:(?<!\w)[.!?]++|[.!?]++(?!\s|\Z)|[^\w\s.!?]|_)")
 _SPACES = re.compile(r"\s{2,}+")
-_LETTER_GAP = re.compile(r"(?<=\w)(?<!\w\w) (?=\w(?!\w))")
+_LETTER_GAP = re.compile(r" (?<=\w )(?<!\w\w )(?=\w(?!\w))")
 
 
-async def _words_apart(texts: Sequence[str]) -> tuple[str, ...]:
+# The keyword and injection judges read the same request text: the first
+# pays for its words-apart readings, the other finds them here. Bounded like
+# the readings cache (``normalize.readings``): a few texts, and in characters.
+_APART: OrderedDict[tuple[str, ...], tuple[str, ...]] = OrderedDict()
+_APART_SIZE = 8
+_APART_CHARS = 1 << 25
+
+
+async def _words_apart(texts: tuple[str, ...]) -> tuple[str, ...]:
     """``texts``, then each one with joiners as spaces and spelled-out letters joined,
     when that reads differently."""
+    if (cached := _APART.get(texts)) is None:
+        cached = await _words_apart_uncached(texts)
+        _APART[texts] = cached
+        while len(_APART) > _APART_SIZE or (
+            sum(len(t) for both in _APART.values() for t in both) > _APART_CHARS and len(_APART) > 1
+        ):
+            _APART.popitem(last=False)
+    _APART.move_to_end(texts)
+    return cached
+
+
+async def _words_apart_uncached(texts: Sequence[str]) -> tuple[str, ...]:
     apart: list[str] = []
     for text in texts:
         spaced = await _sub(_JOINER, " ", text)
@@ -143,16 +174,21 @@ async def _words_apart(texts: Sequence[str]) -> tuple[str, ...]:
     return (*texts, *apart)
 
 
-async def _sub(pattern: re.Pattern[str], replacement: str, text: str) -> str:
+async def _sub(
+    pattern: re.Pattern[str], replacement: str, text: str, *, window: int = windows.WINDOW
+) -> str:
     """``pattern.sub(replacement, text)``, found a window at a time (``windows``)."""
+    if len(text) <= window:
+        return pattern.sub(replacement, text)  # one window: the same matches, no machinery
     pieces: list[str] = []
     done = 0
-    async for match in windows.finditer(pattern, text):
-        if match.start() < done:
-            continue  # the rest of a run a previous window's match took whole
-        pieces.append(text[done : match.start()])
-        pieces.append(replacement)
-        done = match.end()
+    async for found in windows.batches(pattern, text, window=window):
+        for match in found:
+            if match.start() < done:
+                continue  # the rest of a run a previous window's match took whole
+            pieces.append(text[done : match.start()])
+            pieces.append(replacement)
+            done = match.end()
     pieces.append(text[done:])
     return "".join(pieces)
 
@@ -193,6 +229,11 @@ class _LocalJudge:
         """Nothing to release."""
 
 
+def _first_characters(words: Sequence[str]) -> str:
+    """A character class of the words' first characters."""
+    return "[" + "".join(sorted({re.escape(word[0]) for word in words})) + "]"
+
+
 class KeywordJudge(_LocalJudge):
     """Flags whole-word keywords and regex patterns from the policy."""
 
@@ -219,7 +260,10 @@ class KeywordJudge(_LocalJudge):
         super().__init__(name)
         self._category = category
         self._books = (
-            _Rulebook.build(keyword_rules if words else [], 0),
+            # Every keyword match starts with a keyword's first character.
+            _Rulebook.build(
+                keyword_rules if words else [], 0, starts=_first_characters(words) if words else ""
+            ),
             _Rulebook.build(pattern_rules, re.IGNORECASE),
         )
 
@@ -303,9 +347,18 @@ def _luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-async def _any(pattern: re.Pattern[str], text: str, accept: Callable[[str], bool]) -> bool:
+async def _any(
+    pattern: re.Pattern[str],
+    text: str,
+    accept: Callable[[str], bool],
+    *,
+    window: int = windows.WINDOW,
+) -> bool:
     """Whether some match of ``pattern`` in ``text`` passes ``accept``."""
-    async for match in windows.finditer(pattern, text):
+    if len(text) <= window:
+        # One window: the matches ``windows.finditer`` gives, without its generator.
+        return any(accept(m.group()) for m in pattern.finditer(text) if m.start() < len(text))
+    async for match in windows.finditer(pattern, text, window=window):
         if accept(match.group()):
             return True
     return False
@@ -329,7 +382,47 @@ def _trunk_number(number: str) -> bool:
     return 9 <= sum(char.isdecimal() for char in number) <= 15 and len(separators) == 1
 
 
+_DIGIT = re.compile(r"\d")
+# The fewest digits a finding holds: every phone pattern's match that is
+# accepted has 7 or more (NANP 10, international 7, trunk 9), a card 13.
+_PHONE_DIGITS = 7
+_CARD_DIGITS = 13
+
+
+async def _digits_at_least(text: str, count: int) -> bool:
+    """Whether ``text`` holds ``count`` decimal digits or more, a window at a time."""
+    seen = 0
+    for start in range(0, len(text), windows.WINDOW):
+        if start:
+            await asyncio.sleep(0)
+        for _ in _DIGIT.finditer(text, start, start + windows.WINDOW):
+            seen += 1
+            if seen >= count:
+                return True
+    return False
+
+
+# Digits close enough together to be one finding. A phone's digits are at
+# most three characters apart (")-(" in "+44-(20)-(7946)"), and it has 7 or
+# more; a card's 13 or more have only separators between them ("4111 -- 1111",
+# and the commas the card list pattern reads as an end). Text in other
+# scripts reads some letters as digits (Cyrillic be as "6"): lone digits,
+# never a cluster.
+_PHONE_CLUSTER = re.compile(r"\d(?:\D{0,3}\d){6}")
+_CARD_CLUSTER = re.compile(r"\d(?:[\W_]*+\d){12}")
+
+
 async def _has_phone(text: str) -> bool:
+    # Benign prose has few digits, and those apart: counting them and finding
+    # a cluster are fast scans, the phone patterns are not.
+    return (
+        await _digits_at_least(text, _PHONE_DIGITS)
+        and await windows.search(_PHONE_CLUSTER, text) is not None
+        and await _has_phone_scanned(text)
+    )
+
+
+async def _has_phone_scanned(text: str) -> bool:
     return (
         await _any(_PHONE_NANP, text, _anything)
         or await _any(_PHONE_INTL, text, _phone_digits)
@@ -363,6 +456,14 @@ async def _separator_runs_folded(text: str) -> str:
 
 
 async def _has_card(text: str) -> bool:
+    return (
+        await _digits_at_least(text, _CARD_DIGITS)
+        and await windows.search(_CARD_CLUSTER, text) is not None
+        and await _has_card_scanned(text)
+    )
+
+
+async def _has_card_scanned(text: str) -> bool:
     text = await _separator_runs_folded(text)
     for card in _CARDS:
         if await _any(card, text, _card_number):
@@ -407,6 +508,12 @@ async def _card_inside_run(run: str) -> bool:
             await asyncio.sleep(0)
         if not 2 <= int(group[0]) <= 6:
             continue
+        if len(group) != 4:
+            # Every grouping of two groups or more starts with four digits
+            # (``_card_grouping``): this group can only be a card alone.
+            if 13 <= len(group) <= 19 and _card_number(group):
+                return True
+            continue
         digits = 0
         for last in range(first, len(groups)):
             digits += len(groups[last])
@@ -429,12 +536,21 @@ def _looks_random(key: str) -> bool:
     return all(any(is_class(char) for char in body) for is_class in classes)
 
 
-async def _secret_label(text: str) -> str | None:
-    async for match in windows.finditer(_SECRET, text):
-        start = match.start()
-        label = next((label for p, label in _SECRET_MEMBERS if p.match(text, start)), None)
-        if label is not None and (label != "OpenAI API key" or _looks_random(match.group())):
+async def _secret_label(text: str, *, window: int = windows.WINDOW) -> str | None:
+    if len(text) <= window:
+        return next(filter(None, map(_secret_found, _SECRET.finditer(text))), None)
+    async for match in windows.finditer(_SECRET, text, window=window):
+        if (label := _secret_found(match)) is not None:
             return label
+    return None
+
+
+def _secret_found(match: re.Match[str]) -> str | None:
+    """The label of a secret format match, or None if it is not one after all."""
+    text, start = match.string, match.start()
+    label = next((label for p, label in _SECRET_MEMBERS if p.match(text, start)), None)
+    if label is not None and (label != "OpenAI API key" or _looks_random(match.group())):
+        return label
     return None
 
 
@@ -537,8 +653,12 @@ _ROLE_MARKERS = (
     r"</s> ?(?:<s> ?)?(?:\[inst\]|<\||<<sys>>|(?:system|assistant|user) ?:)",
 )
 _INJECTION_BOOKS = (
+    # Every phrase starts with a word of lowercase ASCII letters (the text is
+    # case folded): positions anywhere else are rejected on one character.
     _Rulebook.build(
-        [(label, _spaces_optional(p)) for label, ps in _INJECTION_PHRASES.items() for p in ps], 0
+        [(label, _spaces_optional(p)) for label, ps in _INJECTION_PHRASES.items() for p in ps],
+        0,
+        starts="[a-z]",
     ),
     _Rulebook.build([("fake role marker", p) for p in _ROLE_MARKERS], 0),
 )

@@ -20,7 +20,7 @@ import re
 from collections.abc import AsyncIterator
 from functools import lru_cache
 
-__all__ = ["MAX_REACH", "WINDOW", "finditer", "reach", "search"]
+__all__ = ["MAX_REACH", "WINDOW", "batches", "finditer", "reach", "search"]
 
 # Characters searched between two turns of the event loop: well under a
 # millisecond for the built-in patterns.
@@ -49,6 +49,16 @@ async def finditer(
     pattern: re.Pattern[str], text: str, *, window: int = WINDOW
 ) -> AsyncIterator[re.Match[str]]:
     """The matches ``pattern.finditer(text)`` gives, found a window at a time."""
+    async for found in batches(pattern, text, window=window):
+        for match in found:
+            yield match
+
+
+async def batches(
+    pattern: re.Pattern[str], text: str, *, window: int = WINDOW
+) -> AsyncIterator[list[re.Match[str]]]:
+    """``finditer``'s matches, one list per window: a text with a match every few
+    characters costs one turn of the generator per window, not per match."""
     size = len(text)
     overlap = reach(pattern) + _LOOKAROUND
     start = 0
@@ -57,6 +67,7 @@ async def finditer(
             await asyncio.sleep(0)
         chunk_end = min(start + window, size)
         end = min(chunk_end + overlap, size)
+        found: list[re.Match[str]] = []
         for match in pattern.finditer(text, start, end):
             if match.start() >= chunk_end:
                 break
@@ -66,7 +77,8 @@ async def finditer(
                 # ends there (a lookahead or ``$``): match again with room.
                 whole = await _regrown(pattern, text, match.start(), end)
             if whole is not None:
-                yield whole
+                found.append(whole)
+        yield found
         start = chunk_end
 
 
@@ -74,6 +86,11 @@ async def search(
     pattern: re.Pattern[str], text: str, *, window: int = WINDOW
 ) -> re.Match[str] | None:
     """The first match in ``text``, found a window at a time."""
+    if len(text) <= window:
+        # One window: the same match, without the generator (which, like
+        # ``finditer``, takes no empty match at the very end).
+        match = pattern.search(text)
+        return match if match is not None and match.start() < len(text) else None
     async for match in finditer(pattern, text, window=window):
         return match
     return None
