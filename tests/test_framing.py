@@ -12,7 +12,8 @@ from guardrail.adapters import OpenAIChat
 from guardrail.framing import SSE_LINES, SSEFramer, Unit, looks_like_sse
 
 LINE_ENDS = ("\n", "\r\n", "\r")
-values = st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=12)
+# What an app can put on the wire: UTF-8 text (a lone surrogate has no encoding).
+values = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=12)
 
 
 @st.composite
