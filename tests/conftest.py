@@ -6,7 +6,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from stub_llm import StubLLM
+
+# CI is a loaded 2-core machine: an example's wall time says nothing about the
+# code, so no property test may fail on hypothesis's per-example deadline or its
+# too-slow health check. A test's own settings still set its example count.
+settings.register_profile("loaded", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("loaded")
 
 
 @pytest.fixture
