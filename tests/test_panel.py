@@ -143,7 +143,7 @@ def test_abstention_is_recorded_with_its_reason(
 def test_429_without_retry_after_is_retried_until_the_deadline(stub_llm_factory: Factory) -> None:
     a = stub_llm_factory(reply=UNSAFE)
     limited = stub_llm_factory(status=429)
-    policy = panel_policy(a.base_url, limited.base_url, quorum="unanimous_block", deadline_s=0.8)
+    policy = panel_policy(a.base_url, limited.base_url, quorum="unanimous_block", deadline_s=5.0)
     with guarded_app(policy) as app:
         assert ask(app.client(), INJECTION).choices[0].finish_reason == "content_filter"
         assert limited.count > 1  # backed off and asked again
