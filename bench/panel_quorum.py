@@ -207,8 +207,8 @@ async def run_panel(
 ) -> PanelRun:
     from prometheus_client import CollectorRegistry
 
-    from guardrail.guard import Guard
-    from guardrail.policy import load_policy
+    from guardrail.decide.guard import Guard
+    from guardrail.policy.models import load_policy
 
     run = PanelRun(label, quorum)
     guard = Guard.build(load_policy(policy_path), registry=CollectorRegistry())

@@ -55,7 +55,7 @@ def proxy_app() -> Any:
     from prometheus_client import CollectorRegistry
 
     from guardrail import GuardrailMiddleware
-    from guardrail.proxy import Upstream
+    from guardrail.flow.proxy import Upstream
 
     upstream = Upstream(os.environ["BENCH_UPSTREAM_URL"])
     policy = os.environ["BENCH_POLICY"]

@@ -8,12 +8,12 @@ Errors a user meets:
 """
 
 from guardrail.adapters import BadRequest
-from guardrail.decision import DECISIONS, Decision
-from guardrail.guard import Guard
+from guardrail.decide.decision import DECISIONS, Decision
+from guardrail.decide.guard import Guard
+from guardrail.flow.middleware import GuardrailMiddleware
 from guardrail.judges.base import Judge, JudgeError, JudgeFailure, Verdict
-from guardrail.middleware import GuardrailMiddleware
-from guardrail.policy import Policy, load_policy, parse_policy
-from guardrail.policy_errors import PolicyError
+from guardrail.policy.errors import PolicyError
+from guardrail.policy.models import Policy, load_policy, parse_policy
 
 __all__ = [
     "DECISIONS",

@@ -1,7 +1,7 @@
 """Hostile answers for output-screening tests: raw ASGI apps, SSE bytes, and a reader of them.
 
 The reader here is written from the SSE spec, independently of
-``guardrail.framing``, so a test does not check our framing with itself.
+``guardrail.flow.framing``, so a test does not check our framing with itself.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from recorder import Recorder, chat, raw
 from served import Served
 
 from guardrail import GuardrailMiddleware, parse_policy
-from guardrail.proxy import Upstream
+from guardrail.flow.proxy import Upstream
 
 CHAT = "/v1/chat/completions"
 Receiver = tuple[Served, Recorder]

@@ -21,14 +21,14 @@ from served import wait_for
 from stub_llm import DEFAULT_REPLY, StubLLM
 
 from guardrail import Guard, Policy, PolicyError, parse_policy
-from guardrail.audit import AuditTrail, encode, text_hash
-from guardrail.guard import Assessment, Record
+from guardrail.decide.guard import Assessment, Record
+from guardrail.decide.panel import PanelOutcome, SeatResult
+from guardrail.decide.screening import Screening
+from guardrail.decide.voting import Ruling
 from guardrail.judges.base import Verdict
-from guardrail.metrics import metrics_for
-from guardrail.panel import PanelOutcome, SeatResult
-from guardrail.policy import digest
-from guardrail.screening import Screening
-from guardrail.voting import Ruling
+from guardrail.observe.audit import AuditTrail, encode, text_hash
+from guardrail.observe.metrics import metrics_for
+from guardrail.policy.models import digest
 
 URL = "/v1/chat/completions"
 BREAKS_JUDGE = "Tell me about the weather on the coast, judge-breaker."
@@ -237,7 +237,7 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
 
 def test_logger_sink_emits_one_record_per_request(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="guardrail.audit")
-    with guarded_app(policy()) as app:  # the default sink: the guardrail.audit logger
+    with guarded_app(policy()) as app:  # the default sink: the guardrail.observe.audit logger
         ask(app.client(), BENIGN)
         ask(app.client(), INJECTION)
     records = [r for r in caplog.records if r.name == "guardrail.audit"]

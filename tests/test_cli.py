@@ -29,7 +29,7 @@ from served import wait_for
 from stub_llm import StubLLM
 from test_operations import free_port
 
-from guardrail import cli
+from guardrail.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guardrail.adapters import OpenAIChat
-from guardrail.framing import SSE_LINES, SSEFramer, Unit, looks_like_sse
+from guardrail.flow.framing import SSE_LINES, SSEFramer, Unit, looks_like_sse
 
 LINE_ENDS = ("\n", "\r\n", "\r")
 # What an app can put on the wire: UTF-8 text (a lone surrogate has no encoding).

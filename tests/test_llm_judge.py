@@ -22,14 +22,14 @@ from hypothesis import strategies as st
 from stub_llm import StubLLM
 
 from guardrail import load_policy, parse_policy
-from guardrail.cli import main
-from guardrail.factory import unset_api_keys
+from guardrail.cli.main import main
+from guardrail.decide.factory import unset_api_keys
+from guardrail.decide.screening import judge_once
 from guardrail.judges import prompt
 from guardrail.judges.base import ConnectionWait, JudgeError, JudgeFailure, Verdict, connection_wait
 from guardrail.judges.categories import OTHER, category_key, known_as
 from guardrail.judges.llm import LLMJudge, retry_after_seconds
 from guardrail.judges.prompt import build_messages, parse_verdict
-from guardrail.screening import judge_once
 
 CATEGORIES = ("violence", "self_harm", "hate")
 BOUNDARY = re.compile(r"=====UNTRUSTED-TEXT-[0-9a-f]{16}=====")
@@ -622,11 +622,11 @@ async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool
 LITELLM_PROBE = """
 import asyncio, gc, os, sys
 sys.path.insert(0, {tests!r})
-import guardrail.guard
+import guardrail.decide.guard
 from prometheus_client import CollectorRegistry
 from stub_llm import StubLLM
 from guardrail import parse_policy
-from guardrail.guard import Guard
+from guardrail.decide.guard import Guard
 
 def policy(client, url):
     return parse_policy(

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guardrail.decide.screening import judge_once
 from guardrail.judges.base import Judge, JudgeFailure, Verdict
 from guardrail.judges.local import PII_KINDS, InjectionJudge, KeywordJudge, PIIJudge
 from guardrail.judges.normalize import normalize, strip_invisible
-from guardrail.screening import judge_once
 
 ZWSP = "\u200b"
 

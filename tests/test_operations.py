@@ -27,8 +27,8 @@ from stub_llm import StubLLM
 
 from examples.chat_app import create_app
 from guardrail import GuardrailMiddleware, PolicyError, load_policy, parse_policy
-from guardrail.guard import Guard
-from guardrail.reload import PolicyReloader
+from guardrail.decide.guard import Guard
+from guardrail.observe.reload import PolicyReloader
 
 REPO = Path(__file__).resolve().parents[1]
 URL = "/v1/chat/completions"

@@ -18,8 +18,8 @@ from stub_llm import StubLLM
 from test_guarded_path import ask
 
 from guardrail import Policy, PolicyError, load_policy, parse_policy
-from guardrail.guard import Guard
-from guardrail.panel import MAX_RETRIES, RETRY_FLOOR_S, retry_pause
+from guardrail.decide.guard import Guard
+from guardrail.decide.panel import MAX_RETRIES, RETRY_FLOOR_S, retry_pause
 
 SAFE = '{"flagged": false, "categories": [], "reason": "fine"}'
 UNSAFE = '{"flagged": true, "categories": ["prompt_injection"], "reason": "injection"}'

@@ -40,7 +40,7 @@ from stub_llm import StubLLM
 
 from examples.chat_app import create_app
 from guardrail import GuardrailMiddleware, Policy, parse_policy
-from guardrail.metrics import _LATENCY_BUCKETS
+from guardrail.observe.metrics import _LATENCY_BUCKETS
 
 OBSERVABILITY = Path(__file__).resolve().parents[1] / "examples" / "observability"
 RULES = OBSERVABILITY / "prometheus" / "rules.yml"

@@ -22,7 +22,7 @@ from test_operations import free_port, start
 from test_routing import CHAT, METHODS, NON_CANONICAL, hostile_paths, reachable
 
 from guardrail import GuardrailMiddleware
-from guardrail.proxy import Upstream
+from guardrail.flow.proxy import Upstream
 
 Factory = Callable[..., StubLLM]
 FLAG = '{"flagged": true, "categories": ["violence"], "reason": "x"}'

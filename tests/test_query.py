@@ -21,8 +21,8 @@ from served import Served
 
 from guardrail import GuardrailMiddleware
 from guardrail.adapters import BadRequest
-from guardrail.proxy import Upstream
-from guardrail.routing import query_text
+from guardrail.flow.proxy import Upstream
+from guardrail.flow.routing import query_text
 
 CHAT = "/v1/chat/completions"
 Receiver = tuple[Served, Recorder]

@@ -26,8 +26,8 @@ from starlette.routing import Mount, Route
 from test_operations import free_port
 
 from guardrail import GuardrailMiddleware, PolicyError, parse_policy
-from guardrail.cli import main
-from guardrail.routing import is_canonical, loosest_reading, route_path
+from guardrail.cli.main import main
+from guardrail.flow.routing import is_canonical, loosest_reading, route_path
 
 CHAT = "/v1/chat/completions"
 # Each reads as the guarded route to some receiver; none matches it as sent.

@@ -27,7 +27,7 @@ from served import Served, wait_for
 from stub_llm import StubLLM
 
 from guardrail import GuardrailMiddleware, Policy, parse_policy
-from guardrail.proxy import Upstream
+from guardrail.flow.proxy import Upstream
 
 Factory = Callable[..., StubLLM]
 CHAT = "/v1/chat/completions"

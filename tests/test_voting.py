@@ -1,6 +1,6 @@
 """The quorum rules, checked against a brute-force oracle and in named scenarios.
 
-The oracle restates the rules from ``guardrail.voting``'s docstring on its own
+The oracle restates the rules from ``guardrail.decide.voting``'s docstring on its own
 (no code shared with the module) and enumerates every way the pending seats
 could still end, so ``decide`` is held to "settled exactly when no completion
 could change the outcome".
@@ -18,8 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardrail.judges.base import JudgeFailure, Verdict
-from guardrail.voting import (
+from guardrail.decide.voting import (
     Outcome,
     QuorumRule,
     RuleKind,
@@ -31,6 +30,7 @@ from guardrail.voting import (
     state_of,
     validate,
 )
+from guardrail.judges.base import JudgeFailure, Verdict
 
 ENDS: tuple[SeatState, ...] = ("block", "allow", "abstain")
 STATES: tuple[SeatState, ...] = ("pending", *ENDS)

@@ -24,6 +24,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from guardrail.decide.voting import (
+    QuorumRule,
+    Ruling,
+    Seat,
+    SeatState,
+    decide,
+    final_ruling,
+    state_of,
+)
 from guardrail.judges.base import (
     Askable,
     ConnectionWait,
@@ -34,7 +43,6 @@ from guardrail.judges.base import (
     JudgeResult,
     connection_wait,
 )
-from guardrail.voting import QuorumRule, Ruling, Seat, SeatState, decide, final_ruling, state_of
 
 log = logging.getLogger("guardrail")
 

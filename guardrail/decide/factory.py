@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import os
 
+from guardrail.decide.panel import PanelJudge, PanelRunner
+from guardrail.decide.screening import Screen
+from guardrail.decide.voting import QuorumRule, Seat
 from guardrail.judges.base import Askable, Judge
 from guardrail.judges.categories import category_key
-from guardrail.panel import PanelJudge, PanelRunner
-from guardrail.policy import (
+from guardrail.policy.checks import answerable
+from guardrail.policy.errors import PolicyError
+from guardrail.policy.models import (
     InjectionJudgeSpec,
     JudgeSpec,
     KeywordJudgeSpec,
@@ -16,11 +20,7 @@ from guardrail.policy import (
     PIIJudgeSpec,
     Policy,
 )
-from guardrail.policy import Screen as ScreenSpec
-from guardrail.policy_checks import answerable
-from guardrail.policy_errors import PolicyError
-from guardrail.screening import Screen
-from guardrail.voting import QuorumRule, Seat
+from guardrail.policy.models import Screen as ScreenSpec
 
 log = logging.getLogger("guardrail")
 

@@ -20,9 +20,9 @@ from weakref import WeakKeyDictionary
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from guardrail.decision import DECISIONS
+from guardrail.decide.decision import DECISIONS
+from guardrail.decide.panel import Abstention
 from guardrail.judges.base import FailureReason
-from guardrail.panel import Abstention
 
 # Added latency is the product's promise: fine buckets near zero.
 _ADDED_BUCKETS = (

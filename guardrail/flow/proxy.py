@@ -7,7 +7,7 @@ refusal cancels it, which closes the upstream connection: the service stops
 generating, exactly as an in-process app's model call would.
 
 The upstream gets exactly the path the guard matched: only canonical paths
-are forwarded (``guardrail.routing``), and the URL is handed to the HTTP client
+are forwarded (``guardrail.flow.routing``), and the URL is handed to the HTTP client
 as already encoded, so it does not normalise it again. Forwarding uses aiohttp,
 as the LLM judges do: it is the lean client, and a cancelled request closes
 its connection without leaking a pool slot.
@@ -23,8 +23,8 @@ from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
-from guardrail.exchange import REPORT_EXTENSION
-from guardrail.routing import is_canonical, route_path
+from guardrail.flow.exchange import REPORT_EXTENSION
+from guardrail.flow.routing import is_canonical, route_path
 
 # Hop-by-hop headers describe one connection, not the message: never forwarded.
 _HOP_BY_HOP = frozenset(

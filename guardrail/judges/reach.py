@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from guardrail.judges.normalize import normalize
 
 if TYPE_CHECKING:
-    from guardrail.policy import JudgeSpec, Policy
+    from guardrail.policy.models import JudgeSpec, Policy
 
 # The longest text one match spans, by kind of personal data.
 PII_REACH = {
@@ -34,7 +34,7 @@ INJECTION_REACH = 64
 
 def reach(spec: JudgeSpec, llm_context_chars: int) -> int:
     """The longest text one finding of this judge spans (LLM judges: the context chosen)."""
-    from guardrail.policy import InjectionJudgeSpec, KeywordJudgeSpec, PIIJudgeSpec
+    from guardrail.policy.models import InjectionJudgeSpec, KeywordJudgeSpec, PIIJudgeSpec
 
     if isinstance(spec, PIIJudgeSpec):
         return max((PII_REACH[k] for k in spec.kinds), default=0)

@@ -2,7 +2,7 @@
 
 ``Guard.observe`` hands each finished ``Record`` to ``AuditTrail.write``, which
 only timestamps it and puts it on a bounded queue; a writer thread encodes it and
-writes it to the ``guardrail.audit`` logger or a rotating JSON-lines file, so no
+writes it to the ``guardrail.observe.audit`` logger or a rotating JSON-lines file, so no
 request waits for a disk. A record that cannot be written (queue full, disk
 error, trail closed) is counted in ``guardrail_audit_write_failures_total`` and
 logged once per ``LOG_EVERY`` failures; it never changes a request's decision.
@@ -33,15 +33,15 @@ from logging.handlers import RotatingFileHandler
 from typing import TYPE_CHECKING, Any
 
 from guardrail.judges.base import JudgeFailure, JudgeResult, Verdict
-from guardrail.policy import digest
+from guardrail.policy.models import digest
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
-    from guardrail.guard import Assessment, Record
-    from guardrail.metrics import GuardrailMetrics
-    from guardrail.panel import PanelOutcome
-    from guardrail.policy import Policy
+    from guardrail.decide.guard import Assessment, Record
+    from guardrail.decide.panel import PanelOutcome
+    from guardrail.observe.metrics import GuardrailMetrics
+    from guardrail.policy.models import Policy
 
 log = logging.getLogger("guardrail")
 AUDIT_LOGGER = "guardrail.audit"

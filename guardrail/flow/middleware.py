@@ -3,12 +3,12 @@
 Which policy guards a request: the tenant's, when a tenant header names a
 known tenant and its policy guards the route; else the first policy whose
 routes match (a tenant never makes a route less guarded). Routes match the
-path the app routes on (``guardrail.routing``), methods in any case. Refused
+path the app routes on (``guardrail.flow.routing``), methods in any case. Refused
 with a clear 4xx, never passed unscreened: a path that is not canonical and
 could reach a guarded route (400), a body or query string sent with a
 method the guarded route does not list (405). A guarded request's query
 string is screened with its body (``routing.query_text``). Each policy
-file is watched and reloaded live (``guardrail.reload``).
+file is watched and reloaded live (``guardrail.observe.reload``).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail.adapters import BadRequest
-from guardrail.exchange import GuardedExchange
-from guardrail.guard import Guard, Record
-from guardrail.metrics import multiprocess_registry
-from guardrail.policy import Policy, load_policy
-from guardrail.reload import PolicyReloader
-from guardrail.routing import is_canonical, loosest_readings, route_path
+from guardrail.decide.guard import Guard, Record
+from guardrail.flow.exchange import GuardedExchange
+from guardrail.flow.routing import is_canonical, loosest_readings, route_path
+from guardrail.observe.metrics import multiprocess_registry
+from guardrail.observe.reload import PolicyReloader
+from guardrail.policy.models import Policy, load_policy
 
 log = logging.getLogger("guardrail")
 

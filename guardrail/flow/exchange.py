@@ -20,13 +20,13 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail.adapters import BadRequest, ChatRequest, Reply
-from guardrail.body import ClientGone, check_media_type, decode, parse, read_body
-from guardrail.decision import REFUSING, Decision
-from guardrail.guard import Assessment, Guard, Record
-from guardrail.hold import Hold
-from guardrail.metrics import child
-from guardrail.output import AnswerScreen
-from guardrail.routing import query_text
+from guardrail.decide.decision import REFUSING, Decision
+from guardrail.decide.guard import Assessment, Guard, Record
+from guardrail.flow.body import ClientGone, check_media_type, decode, parse, read_body
+from guardrail.flow.hold import Hold
+from guardrail.flow.output import AnswerScreen
+from guardrail.flow.routing import query_text
+from guardrail.observe.metrics import child
 
 log = logging.getLogger("guardrail")
 

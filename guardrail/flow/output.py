@@ -27,11 +27,11 @@ from starlette.types import Message, Send
 from guardrail.adapters import ChatRequest
 from guardrail.adapters.answer import AnswerParts
 from guardrail.adapters.base import BadRequest
-from guardrail.content_coding import Decoder, Undecodable, codings
-from guardrail.decision import REFUSING
-from guardrail.framing import Framer, SSEFramer, TextFramer, Unit, looks_like_sse, whole_parts
-from guardrail.guard import Assessment, Guard, Record
-from guardrail.windows import Window, Windows
+from guardrail.decide.decision import REFUSING
+from guardrail.decide.guard import Assessment, Guard, Record
+from guardrail.flow.content_coding import Decoder, Undecodable, codings
+from guardrail.flow.framing import Framer, SSEFramer, TextFramer, Unit, looks_like_sse, whole_parts
+from guardrail.flow.windows import Window, Windows
 
 Then = Literal["finish", "refuse"]
 

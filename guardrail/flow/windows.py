@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from guardrail.framing import Unit
+from guardrail.flow.framing import Unit
 from guardrail.judges.normalize import normalize
 
 

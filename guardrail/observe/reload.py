@@ -29,9 +29,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from guardrail.guard import Guard
-from guardrail.policy import Policy, parse_policy
-from guardrail.policy_errors import PolicyError
+from guardrail.decide.guard import Guard
+from guardrail.policy.errors import PolicyError
+from guardrail.policy.models import Policy, parse_policy
 
 log = logging.getLogger("guardrail")
 

@@ -14,14 +14,14 @@ from typing import Literal
 from prometheus_client import CollectorRegistry
 
 from guardrail.adapters import ADAPTERS, Adapter, ChatRequest, Reply
-from guardrail.audit import AuditTrail, build_audit
-from guardrail.decision import Decision
-from guardrail.factory import build_judge, build_panel, build_screens, unset_api_keys
+from guardrail.decide.decision import Decision
+from guardrail.decide.factory import build_judge, build_panel, build_screens, unset_api_keys
+from guardrail.decide.panel import PanelOutcome, PanelRunner
+from guardrail.decide.screening import Screen, Screening, screen_all
 from guardrail.judges.base import Judge, JudgeFailure
-from guardrail.metrics import GuardrailMetrics, child, metrics_for
-from guardrail.panel import PanelOutcome, PanelRunner
-from guardrail.policy import Policy, digest
-from guardrail.screening import Screen, Screening, screen_all
+from guardrail.observe.audit import AuditTrail, build_audit
+from guardrail.observe.metrics import GuardrailMetrics, child, metrics_for
+from guardrail.policy.models import Policy, digest
 
 Trigger = Literal["flag", "error"]
 Stage = Literal["input", "output"]

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from guardrail.factory import unset_api_keys
-from guardrail.policy import Policy, load_policy
-from guardrail.policy_errors import PolicyError
+from guardrail.decide.factory import unset_api_keys
+from guardrail.policy.errors import PolicyError
+from guardrail.policy.models import Policy, load_policy
 
 DESCRIPTION = (
     "guardrail screens chat requests in parallel with the app and refuses unsafe ones."
@@ -98,7 +98,7 @@ def _positive(text: str) -> int:
 def log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging config plus the ``guardrail`` logger on stderr at ``level``.
 
-    Audit records (the ``guardrail.audit`` logger, INFO), reloads and warnings
+    Audit records (the ``guardrail.observe.audit`` logger, INFO), reloads and warnings
     would otherwise go nowhere: uvicorn configures only its own loggers.
     """
     from uvicorn.config import LOGGING_CONFIG
@@ -182,8 +182,8 @@ def _demo(host: str, port: int, policy: str, log_level: str) -> int:
 def _proxy(upstream: str, host: str, port: int, policy: str, workers: int, log_level: str) -> int:
     import uvicorn
 
-    from guardrail.middleware import GuardrailMiddleware
-    from guardrail.proxy import Upstream
+    from guardrail.flow.middleware import GuardrailMiddleware
+    from guardrail.flow.proxy import Upstream
 
     logs = log_config(log_level)
     logging.config.dictConfig(logs)
@@ -199,8 +199,8 @@ def _proxy(upstream: str, host: str, port: int, policy: str, workers: int, log_l
 
 def proxy_app() -> Any:
     """uvicorn factory of one proxy worker: the upstream and policy from the environment."""
-    from guardrail.middleware import GuardrailMiddleware
-    from guardrail.proxy import Upstream
+    from guardrail.flow.middleware import GuardrailMiddleware
+    from guardrail.flow.proxy import Upstream
 
     return GuardrailMiddleware(Upstream(os.environ[UPSTREAM_ENV]), policy=os.environ[POLICY_ENV])
 
@@ -231,7 +231,7 @@ def _proxy_workers(
     )
     try:
         uvicorn.run(
-            "guardrail.cli:proxy_app",
+            "guardrail.cli.main:proxy_app",
             factory=True,
             workers=workers,
             host=host,
@@ -247,7 +247,7 @@ def _proxy_workers(
 
 def _example(name: str) -> Any:
     """Import ``examples/<name>.py`` from the working directory or the source checkout."""
-    candidates = [Path.cwd() / "examples", Path(__file__).resolve().parents[1] / "examples"]
+    candidates = [Path.cwd() / "examples", Path(__file__).resolve().parents[2] / "examples"]
     for folder in candidates:
         path = folder / f"{name}.py"
         if path.is_file():

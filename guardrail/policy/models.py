@@ -2,7 +2,7 @@
 
 A policy is YAML. Every model forbids unknown keys and is frozen, so a typo is
 an error at load time and a loaded policy cannot drift while requests use it.
-Errors name the file, the line and the field (see ``guardrail.policy_errors``).
+Errors name the file, the line and the field (see ``guardrail.policy.errors``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from guardrail.judges.categories import category_key
-from guardrail.policy_errors import PolicyError, explain, read_yaml
+from guardrail.policy.errors import PolicyError, explain, read_yaml
 
 DEFAULT_POLICY = "default"
 DEFAULT_CATEGORIES = (
@@ -296,7 +296,7 @@ class Panel(_Strict):
 
 
 class Audit(_Strict):
-    """The audit trail: one JSON record per guarded request (see ``guardrail.audit``)."""
+    """The audit trail: one JSON record per guarded request (see ``guardrail.observe.audit``)."""
 
     # logger: INFO on "guardrail.audit", silent until the app configures logging;
     # file: JSON lines, rotated; none: no trail.
@@ -348,7 +348,7 @@ class Policy(_Strict):
     def _consistent(self) -> Policy:
         # Cross-field checks live in policy_checks; raised here with exact
         # locations so they read like every other error: file, line, field.
-        from guardrail.policy_checks import problems
+        from guardrail.policy.checks import problems
 
         errors = [
             InitErrorDetails(type=PydanticCustomError("policy", message), loc=loc, input=None)
@@ -400,7 +400,7 @@ def load_policy(source: str | Path | Policy | None = None) -> Policy:
 
 
 def _embedded(name: str) -> Policy:
-    resource = resources.files("guardrail") / "policies" / f"{name}.yaml"
+    resource = resources.files("guardrail.policy") / f"{name}.yaml"
     if not resource.is_file():
         raise PolicyError.single(name, 0, "", "no such policy file or embedded policy")
     return parse_policy(resource.read_text(encoding="utf-8"), source=f"<embedded {name}.yaml>")

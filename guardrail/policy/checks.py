@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from guardrail.decide.voting import QuorumRule, Seat, validate
 from guardrail.judges.categories import category_key
-from guardrail.reach import overlap_problems
-from guardrail.voting import QuorumRule, Seat, validate
+from guardrail.judges.reach import overlap_problems
 
 if TYPE_CHECKING:
-    from guardrail.policy import JudgeSpec, Panel, Policy, Screen
+    from guardrail.policy.models import JudgeSpec, Panel, Policy, Screen
 
 Loc = tuple[str | int, ...]
 

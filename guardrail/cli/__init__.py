@@ -1,0 +1,1 @@
+"""The ``guardrail`` command: check, demo, proxy."""

@@ -1,0 +1,1 @@
+"""Deciding: screens raced per request, the panel and its vote, the decision."""

@@ -1,0 +1,1 @@
+"""One guarded request on the wire: routing, reading, holding, releasing or refusing; the proxy."""

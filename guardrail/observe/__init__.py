@@ -1,0 +1,1 @@
+"""What operators see: Prometheus metrics, the audit trail, live policy reload."""
