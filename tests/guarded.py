@@ -114,7 +114,9 @@ def panel_policy(
     )
     seats = "".join(f"    - {{judge: {n}}}\n" for n in names)
     screen_judge = f"  screen: {{type: llm, model: openai/screen, api_base: '{screen_url}'}}\n"
-    screen = "    - {judge: screen, timeout_s: 0.5}\n"
+    # As generous as the panel's deadline allows: these screens answer at once, fail
+    # at once, or never answer; a loaded machine must not turn any into a timeout.
+    screen = f"    - {{judge: screen, timeout_s: {deadline_s}}}\n"
     return parse_policy(
         "name: test\n"
         "routes: [{path: /v1/chat/completions}]\n"
@@ -124,7 +126,7 @@ def panel_policy(
         f"{judges}"
         "input:\n"
         "  screens:\n"
-        "    - {judge: injection, timeout_s: 0.5}\n"
+        f"    - {{judge: injection, timeout_s: {deadline_s}}}\n"
         f"{screen if screen_url else ''}"
         "on_flag: vote\n"
         f"on_error: {on_error}\n"

@@ -50,7 +50,9 @@ async def make_judge() -> AsyncIterator[MakeJudge]:
             "categories": CATEGORIES,
             "api_base": stub.base_url,
             "api_key": "x",
-            "timeout_s": 2.0,
+            # Generous: a call that should answer must not time out on a loaded
+            # machine (LiteLLM's first call alone costs a lot of CPU).
+            "timeout_s": 30.0,
         }
         options.update(settings)
         judge = LLMJudge(**options)
@@ -260,7 +262,9 @@ async def test_litellm_path_errors(
     for key, value in settings.items():
         setattr(stub_llm, key, value)
     stub_llm.headers = {"Retry-After": "3"} if reason == "rate_limited" else {}
-    error = await screen_error(make_judge(stub_llm, client="litellm", timeout_s=0.5))
+    # Only the timeout case races the clock, and it cannot lose: the stub sleeps 3 s.
+    timeout_s = 0.5 if reason == "timeout" else 30.0
+    error = await screen_error(make_judge(stub_llm, client="litellm", timeout_s=timeout_s))
     assert error.reason == reason
     if reason == "rate_limited":
         assert error.retry_after_s == 3.0

@@ -434,7 +434,7 @@ def test_a_flag_outside_the_screens_categories_blocks(stub_llm_factory: Factory)
         "name: test\n"
         "routes: [{path: /v1/chat/completions}]\n"
         f"judges: {{guard: {{type: llm, model: openai/g, api_base: '{judge.base_url}'}}}}\n"
-        "input: {screens: [{judge: guard, timeout_s: 2, categories: [violence, Self-Harm]}]}\n"
+        "input: {screens: [{judge: guard, timeout_s: 10, categories: [violence, Self-Harm]}]}\n"
     )
     with guarded_app(policy) as app:
         for reply in (

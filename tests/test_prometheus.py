@@ -294,8 +294,8 @@ def _policy(screen: StubLLM, panel: StubLLM, straggler: StubLLM, audit: Path) ->
         # Generous: on a loaded machine a stub's answer may take a while; the
         # traffic's slow screens are cut off by the local flags, never timed out.
         "    - {judge: screen, timeout_s: 10.0}\n"
-        "    - {judge: injection, timeout_s: 1.0}\n"
-        "    - {judge: pii, timeout_s: 1.0}\n"
+        "    - {judge: injection, timeout_s: 10.0}\n"
+        "    - {judge: pii, timeout_s: 10.0}\n"
         "on_flag: vote\n"
         "on_error: allow\n"
         "panel:\n"

@@ -167,8 +167,10 @@ def test_failing_window_judge_follows_the_fail_mode(
 ) -> None:
     upstream = stub_llm_factory(reply="".join(PIECES[:2]), stream_chunks=2)
     judge = stub_llm_factory(status=500)  # the answer's judge fails on every window
+    # A generous timeout: the judge fails at once, and a loaded machine must not
+    # turn its 500 into a timeout (the test counts the failure reason).
     pol = llm_output_policy(
-        judge, f"on_error: {on_error}\n", "screens: [{judge: out, timeout_s: 1}]"
+        judge, f"on_error: {on_error}\n", "screens: [{judge: out, timeout_s: 10}]"
     )
     with guarded_app(pol, upstream.base_url) as app:
         pieces, got = stream_text(app.client())
