@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 from collections.abc import AsyncIterator
@@ -165,6 +166,11 @@ def broken(tmp_path: Path, what: str) -> Path:
         (directory / "config.json").write_text('{"pad_token_id": 0}')
     elif what == "other-labels":
         build(directory, labels=("SAFE", "UNSAFE", "OTHER"))
+    elif what == "short-positions":  # the policy's default max_length is 512 tokens
+        config = json.loads((directory / "config.json").read_text())
+        (directory / "config.json").write_text(
+            json.dumps({**config, "max_position_embeddings": 128})
+        )
     return directory
 
 
@@ -176,6 +182,7 @@ def broken(tmp_path: Path, what: str) -> Path:
         ("no-tokenizer", "cannot load the model"),
         ("no-labels", "id2label"),
         ("other-labels", "labels maps 'INJECTION', which the model does not have"),
+        ("short-positions", "max_length 512 is more than the model's max_position_embeddings"),
     ],
 )
 def test_an_unusable_model_is_a_policy_error_naming_the_judge(

@@ -66,6 +66,8 @@ class ClassifierModel:
         self.labels = _labels(config, spec.model)
         self.multi_label = config.get("problem_type") == "multi_label_classification"
         self.pad_id = int(config.get("pad_token_id") or 0)
+        positions = config.get("max_position_embeddings")
+        self.positions = positions if isinstance(positions, int) and positions > 0 else None
         onnx_path = _onnx_path(directory, onnx_file, spec.model)
         try:
             tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
@@ -125,8 +127,15 @@ class ClassifierModel:
 
 
 def load(spec: ClassifierJudgeSpec) -> ClassifierModel:
-    """The model a policy names, loaded now; a ``PolicyError`` if it cannot be used."""
+    """The model a policy names, loaded now; ``UnusableModel`` if it cannot be used."""
     model = ClassifierModel(resolve(spec.model), onnx_file=spec.onnx_file, spec=spec)
+    if model.positions is not None and spec.max_length > model.positions:
+        # Longer windows would fail every long text's run: say so now.
+        raise _problem(
+            spec.model,
+            f"max_length {spec.max_length} is more than the model's "
+            f"max_position_embeddings ({model.positions})",
+        )
     unknown = [label for label in spec.labels if label not in model.labels]
     if unknown:
         raise _problem(
