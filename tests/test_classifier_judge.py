@@ -134,11 +134,11 @@ async def test_a_screen_narrowed_to_some_categories_flags_only_their_labels(
         await built.aclose()
 
 
-async def test_a_model_id_is_found_in_the_local_hugging_face_cache(
+async def test_a_model_id_is_found_in_the_local_hugging_face_cache_onnx_folder_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     snapshot = tmp_path / "models--acme--tiny-guard" / "snapshots" / "abc123"
-    build(snapshot)
+    build(snapshot / "onnx")  # as ProtectAI ship theirs: the export with its files in onnx/
     (tmp_path / "models--acme--tiny-guard" / "refs").mkdir()
     (tmp_path / "models--acme--tiny-guard" / "refs" / "main").write_text("abc123\n")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))

@@ -20,7 +20,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,15 +62,18 @@ class ClassifierModel:
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise _problem(spec.model, f"{_INSTALL} ({exc.name} is missing)") from None
-        config = _read_config(directory, spec.model)
+        onnx_path = _onnx_path(directory, onnx_file, spec.model)
+        # An export in the repository's onnx/ folder comes with its own tokenizer
+        # and config there (ProtectAI's models); else they sit beside it or above.
+        folders = dict.fromkeys([onnx_path.parent, directory])
+        config = _read_config(_first(folders, "config.json"), spec.model)
         self.labels = _labels(config, spec.model)
         self.multi_label = config.get("problem_type") == "multi_label_classification"
         self.pad_id = int(config.get("pad_token_id") or 0)
         positions = config.get("max_position_embeddings")
         self.positions = positions if isinstance(positions, int) and positions > 0 else None
-        onnx_path = _onnx_path(directory, onnx_file, spec.model)
         try:
-            tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+            tokenizer = Tokenizer.from_file(str(_first(folders, "tokenizer.json")))
             tokenizer.no_padding()  # padded per batch, to its longest window
             tokenizer.enable_truncation(spec.max_length, stride=spec.stride)
             options = ort.SessionOptions()
@@ -90,7 +93,8 @@ class ClassifierModel:
                 f"the model takes inputs {sorted(self._inputs)}; a text classifier takes "
                 "input_ids and optionally attention_mask and token_type_ids",
             )
-        self._output = session.get_outputs()[0].name
+        outputs = [o.name for o in session.get_outputs()]
+        self._output = "logits" if "logits" in outputs else outputs[0]
 
     def windows(self, text: str) -> list[Window]:
         """The text's token windows (none for a text with no tokens)."""
@@ -268,9 +272,14 @@ def _cached(model_id: str) -> Path | None:
     return snapshots[-1] if snapshots else None
 
 
-def _read_config(directory: Path, model: str) -> dict[str, Any]:
+def _first(folders: Iterable[Path], name: str) -> Path:
+    paths = [folder / name for folder in folders]
+    return next((path for path in paths if path.is_file()), paths[0])
+
+
+def _read_config(path: Path, model: str) -> dict[str, Any]:
     try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _problem(model, f"cannot read config.json: {_first_line(exc)}") from None
     if not isinstance(config, dict):
