@@ -324,6 +324,21 @@ async def test_a_model_run_that_fails_is_a_judge_failure(tmp_path: Path) -> None
         await failing.aclose()
 
 
+def test_a_judge_built_in_one_thread_serves_on_another_loop(model_dir: Path) -> None:
+    # A live reload builds the guard in a worker thread; the server's loop then uses it.
+    reloaded = judge(model_dir)
+    assert asyncio.run(reloaded.screen(INJECTION)).flagged
+
+    async def on_the_next_loop() -> Verdict:
+        try:
+            return await reloaded.screen(INJECTION)
+        finally:
+            await reloaded.aclose()
+
+    assert asyncio.run(on_the_next_loop()).flagged
+    assert reloaded.batcher.runs == 2
+
+
 async def test_through_judge_once_a_flag_is_a_verdict(guard: ClassifierJudge) -> None:
     result = await judge_once(guard, INJECTION, 30)
     assert isinstance(result, Verdict) and result.flagged

@@ -72,14 +72,14 @@ class MicroBatcher(Generic[Item, Result]):
         self._wake.set()
         try:
             return [await w.future for w in waiting]
-        finally:
+        except BaseException:
             # Cancelled, or one item failed: what is still queued is nobody's now.
             # (Items a worker already took run, and their results are dropped.)
             for w in waiting:
                 w.future.cancel()
             mine = {id(w) for w in waiting}
-            if any(id(w) in mine for w in self._queue):
-                self._queue = deque(w for w in self._queue if id(w) not in mine)
+            self._queue = deque(w for w in self._queue if id(w) not in mine)
+            raise
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,8 +87,11 @@ class MicroBatcher(Generic[Item, Result]):
             return
         # First use, or first use on a new loop (a guard built in a thread on
         # reload, then served): the workers belong to the loop that waits on them.
+        if self._loop is not loop:
+            self._queue.clear()  # waiters of a loop that is gone
         for task in self._tasks:
-            task.cancel()
+            if not task.get_loop().is_closed():
+                task.cancel()
         self._loop, self._wake = loop, asyncio.Event()
         self._tasks = [loop.create_task(self._work()) for _ in range(self._workers)]
 
