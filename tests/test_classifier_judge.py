@@ -216,6 +216,18 @@ def test_settings_that_cannot_work_are_refused_by_the_policy(entry: str) -> None
         )
 
 
+def test_a_panel_may_overturn_a_classifier_flag_like_an_llm_judges() -> None:
+    policy = parse_policy(
+        "name: t\nroutes: [{path: /x}]\njudges:\n"
+        f"  guard: {{type: classifier, model: m, labels: {MAPPING}}}\n"
+        "  llm: {type: llm, model: openai/m}\n"
+        "input: {screens: [{judge: guard}]}\n"
+        "on_flag: vote\npanel: {judges: [{judge: llm}]}\n"
+    )
+    assert policy.panel is not None
+    assert "guard" in policy.panel.may_overturn(policy.judges)
+
+
 # --- batching, cancellation, errors ---------------------------------------------------
 
 
