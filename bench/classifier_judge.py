@@ -1,6 +1,7 @@
 """What a local classifier judge costs, batched across requests and not (batch size 1).
 
     .venv/bin/python bench/classifier_judge.py [--requests N] [--quick] [--layers L --hidden H]
+    .venv/bin/python bench/classifier_judge.py --model DIR --labels '{JAILBREAK: prompt_injection}'
 
 The model is synthetic (``tests/tiny_classifier.py``): a word-level tokenizer,
 and ``layers`` dense layers of width ``hidden`` on every token, so a run costs
@@ -8,6 +9,7 @@ CPU in proportion to the tokens it scores, like a transformer, only less.
 Real models cost far more per token (Prompt Guard 86M: tens of milliseconds
 per short text on one core); what batching saves is the per-run overhead
 (a thread hop, a session.run call, Python around it), which this shows.
+``--model`` measures a real model directory instead (none is downloaded).
 
 (1) Over real HTTP: the example app on a zero-latency app stub, served by
 uvicorn in its own process, bare and guarded by the classifier judge alone
@@ -70,7 +72,7 @@ judges:
   classifier:
     type: classifier
     model: '{model}'
-    labels: {{INJECTION: prompt_injection, JAILBREAK: prompt_injection}}
+    labels: {labels}
     batch_size: {batch_size}
 input:
   screens: [{{judge: classifier, timeout_s: 10}}]
@@ -127,13 +129,15 @@ async def over_http(server: Server, row: Row, guarded: bool) -> Row:
     return row
 
 
-async def in_process(model: Path, batch_size: int, n: int) -> tuple[int, int, float, float]:
+async def in_process(
+    model: Path, labels: str, batch_size: int, n: int
+) -> tuple[int, int, float, float]:
     """(model runs, texts scored, CPU ms per screen, p50 ms) of n screens, 32 at a time."""
     from guardrail import parse_policy
     from guardrail.decide.factory import build_judge
     from guardrail.judges.classifier import ClassifierJudge
 
-    policy = parse_policy(POLICY.format(model=model, batch_size=batch_size))
+    policy = parse_policy(POLICY.format(model=model, labels=labels, batch_size=batch_size))
     judge = build_judge("classifier", policy.judges["classifier"])
     assert isinstance(judge, ClassifierJudge)
     try:
@@ -167,7 +171,9 @@ async def bench(args: argparse.Namespace, model: Path) -> tuple[list[Row], list[
         stack.callback(app_stub.stop)
         servers = {"bare": Server("bare", upstream_url=app_stub.base_url)}
         for size in (1, 32):
-            path = stack.enter_context(policy_file(POLICY.format(model=model, batch_size=size)))
+            path = stack.enter_context(
+                policy_file(POLICY.format(model=model, labels=args.labels, batch_size=size))
+            )
             servers[f"batch_size {size}"] = Server(
                 f"batch{size}", policy=path, upstream_url=app_stub.base_url
             )
@@ -182,7 +188,7 @@ async def bench(args: argparse.Namespace, model: Path) -> tuple[list[Row], list[
     print(f"(2) in this process, {CONCURRENCY} callers on the judge")
     direct: list[Direct] = []
     for size in (1, 32):
-        runs, items, cpu_ms, p50 = await in_process(model, size, args.requests)
+        runs, items, cpu_ms, p50 = await in_process(model, args.labels, size, args.requests)
         print(f"  batch_size {size:<3} {runs} runs for {items} texts, cpu {cpu_ms:.3f} ms/screen")
         direct.append((f"batch_size {size}", args.requests, runs, items / runs, cpu_ms, p50))
     return rows, direct
@@ -194,13 +200,26 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="--requests 300")
     parser.add_argument("--layers", type=int, default=4, help="dense layers per token")
     parser.add_argument("--hidden", type=int, default=256, help="their width")
+    parser.add_argument(
+        "--model", type=Path, help="a real model directory to measure instead (type: classifier)"
+    )
+    parser.add_argument(
+        "--labels",
+        default="{INJECTION: prompt_injection, JAILBREAK: prompt_injection}",
+        help="the judge's labels map, as YAML (for --model: that model's labels)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests = 300
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-classifier-") as tmp:
-        model = build(Path(tmp) / "model", hidden=args.hidden, layers=args.layers)
+        model = args.model or build(Path(tmp) / "model", hidden=args.hidden, layers=args.layers)
         rows, direct = asyncio.run(bench(args, model))
+    described = (
+        f"{args.model}"
+        if args.model
+        else f"{args.layers} dense layers of {args.hidden} per token (synthetic)"
+    )
     bare = rows[0]
     table = Table(
         [
@@ -235,8 +254,7 @@ def main() -> int:
         f"(1) concurrency {CONCURRENCY}. cpu ms/req: the app server process (utime+stime, all"
         " threads); cpu-bare: that minus the bare app's, what the classifier judge costs per"
         " call. added mean/p99: guardrail_added_latency_seconds; judge mean: the judge's own"
-        f" duration, queued and scored. Model: {args.layers} dense layers of {args.hidden} per"
-        " token (synthetic)."
+        f" duration, queued and scored. Model: {described}."
     )
     second = Table(
         [
