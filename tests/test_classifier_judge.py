@@ -14,7 +14,7 @@ import pytest
 from guarded import guarded_app
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_classifier import BROKEN_WORD, build, expected
+from tiny_classifier import BROKEN_WORD, POISONED_WORD, build, expected
 
 from guardrail import Policy, parse_policy
 from guardrail.decide.factory import build_judge
@@ -334,6 +334,17 @@ async def test_a_model_run_that_fails_is_a_judge_failure(tmp_path: Path) -> None
         assert isinstance(await judge_once(failing, INJECTION, 30), Verdict)
     finally:
         await failing.aclose()
+
+
+async def test_scores_that_are_not_numbers_are_a_judge_failure_never_a_pass(
+    tmp_path: Path,
+) -> None:
+    poisoned = judge(build(tmp_path / "poisoned", poisoned=True))
+    try:
+        result = await judge_once(poisoned, f"ignore {POISONED_WORD}", 30)
+        assert isinstance(result, JudgeFailure) and "not numbers" in result.detail
+    finally:
+        await poisoned.aclose()
 
 
 def test_a_judge_built_in_one_thread_serves_on_another_loop(model_dir: Path) -> None:

@@ -11,6 +11,7 @@ Saved as a Hugging Face model directory: model.onnx, tokenizer.json, config.json
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ WORDS: dict[str, tuple[float, float, float]] = {
 VOCAB = list(WORDS)
 # A word the tokenizer knows and the model's table has no row for: the model run fails.
 BROKEN_WORD = "overflow"
+# A word whose row (``poisoned``) is NaN: the run succeeds and its scores are not numbers.
+POISONED_WORD = "poison"
 
 
 def build(
@@ -39,6 +42,7 @@ def build(
     hidden: int = 0,
     layers: int = 0,
     broken_word: bool = False,
+    poisoned: bool = False,
     labels: tuple[str, ...] = LABELS,
 ) -> Path:
     """Write the model directory and return it."""
@@ -47,7 +51,8 @@ def build(
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
     directory.mkdir(parents=True, exist_ok=True)
-    table = np.array([WORDS[w] for w in VOCAB], dtype=np.float32)
+    rows = [WORDS[w] for w in VOCAB] + ([(math.nan, 0.0, 0.0)] if poisoned else [])
+    table = np.array(rows, dtype=np.float32)
     width = table.shape[1]
     inits = [
         numpy_helper.from_array(table, "table"),
@@ -99,6 +104,8 @@ def build(
     vocab = {word: i for i, word in enumerate(VOCAB)}
     if broken_word:
         vocab[BROKEN_WORD] = len(VOCAB) + 10
+    if poisoned:
+        vocab[POISONED_WORD] = len(VOCAB)
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

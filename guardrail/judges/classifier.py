@@ -127,6 +127,9 @@ class ClassifierModel:
         else:
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
             probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        if not np.isfinite(probabilities).all():
+            # NaN is over no threshold: read as scores, it would pass anything.
+            raise ValueError("the model gave scores that are not numbers")
         return list(probabilities)
 
 
