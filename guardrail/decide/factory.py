@@ -13,6 +13,7 @@ from guardrail.judges.categories import category_key
 from guardrail.policy.checks import answerable
 from guardrail.policy.errors import PolicyError
 from guardrail.policy.models import (
+    ClassifierJudgeSpec,
     InjectionJudgeSpec,
     JudgeSpec,
     KeywordJudgeSpec,
@@ -41,7 +42,13 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
             return local.PIIJudge(name, kinds=spec.kinds)
         if isinstance(spec, InjectionJudgeSpec):
             return local.InjectionJudge(name, extra_patterns=spec.extra_patterns)
-    except ValueError as exc:  # a pattern the policy check let through, say
+        if isinstance(spec, ClassifierJudgeSpec):
+            # Imported here: onnxruntime is an optional extra. The model loads
+            # now, so a missing or broken one stops the policy, not a request.
+            from guardrail.judges.classifier import ClassifierJudge
+
+            return ClassifierJudge.from_spec(name, spec)
+    except ValueError as exc:  # a pattern the policy check let through, an unusable model
         raise PolicyError.single("<policy>", 0, f"judges.{name}", str(exc)) from None
     assert isinstance(spec, LLMJudgeSpec)
     # Imported here: the LLM client stack costs import time only when a policy uses it.

@@ -51,6 +51,8 @@ def answerable(spec: JudgeSpec) -> tuple[str, ...]:
         return tuple(f"pii_{kind}" for kind in spec.kinds)
     if spec.type == "injection":
         return ("prompt_injection",)
+    if spec.type == "classifier":
+        return spec.categories()
     return (category_key(spec.category),)
 
 

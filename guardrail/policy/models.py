@@ -42,7 +42,7 @@ DEFAULT_CATEGORIES = (
 
 
 # Judge types whose flags a panel may overturn unless the policy says otherwise.
-OVERTURNABLE_TYPES = ("llm", "injection")
+OVERTURNABLE_TYPES = ("llm", "injection", "classifier")
 
 
 class _Strict(BaseModel):
@@ -138,8 +138,50 @@ class LLMJudgeSpec(_Strict):
         return keys
 
 
+class ClassifierJudgeSpec(_Strict):
+    """Scores the text with a local text-classification model (ONNX Runtime; extra: classifier).
+
+    ``labels`` maps the model's labels to our categories: a label left out
+    (``BENIGN``) never flags. See the README's classifier section.
+    """
+
+    type: Literal["classifier"]
+    # A directory with model.onnx (or onnx/model.onnx), tokenizer.json and config.json,
+    # or a Hugging Face model id found in the local cache (never downloaded).
+    model: str = Field(min_length=1)
+    onnx_file: str | None = None  # the ONNX file inside the directory, if not the usual one
+    labels: dict[str, str] = Field(min_length=1)
+    threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    thresholds: dict[str, Annotated[float, Field(gt=0.0, le=1.0)]] = {}  # per model label
+    # Tokens per window; a longer text is scored in windows overlapping by stride
+    # tokens, and flags if any window does.
+    max_length: int = Field(default=512, ge=8)
+    stride: int = Field(default=64, ge=0)
+    batch_size: PositiveInt = 16  # windows scored in one model run, across requests
+    threads: PositiveInt = 1  # ONNX Runtime's threads within one run
+    workers: PositiveInt = 1  # runs at once (each with its threads)
+
+    @field_validator("labels")
+    @classmethod
+    def _one_spelling(cls, labels: dict[str, str]) -> dict[str, str]:
+        return {label: category_key(category) for label, category in labels.items()}
+
+    @model_validator(mode="after")
+    def _windows_advance(self) -> ClassifierJudgeSpec:
+        if self.stride >= self.max_length // 2:
+            raise ValueError("stride must be less than half of max_length")
+        unknown = [label for label in self.thresholds if label not in self.labels]
+        if unknown:
+            raise ValueError(f"thresholds names label {unknown[0]!r}, which labels does not map")
+        return self
+
+    def categories(self) -> tuple[str, ...]:
+        """The categories this judge can flag."""
+        return tuple(dict.fromkeys(self.labels.values()))
+
+
 JudgeSpec = Annotated[
-    KeywordJudgeSpec | PIIJudgeSpec | InjectionJudgeSpec | LLMJudgeSpec,
+    KeywordJudgeSpec | PIIJudgeSpec | InjectionJudgeSpec | LLMJudgeSpec | ClassifierJudgeSpec,
     Field(discriminator="type"),
 ]
 
