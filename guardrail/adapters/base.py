@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
-from guardrail.adapters.answer import AnswerParts
+from guardrail.adapters.answer import AnswerParts, Progress
 
 
 class BadRequest(Exception):
@@ -86,6 +86,7 @@ class Adapter(Protocol):
         ident: str | None = None,
         model: str | None = None,
         newline: bool = False,
+        progress: Progress | None = None,
     ) -> bytes: ...
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-from guardrail.adapters.answer import AnswerParts, split_parts, strings
+from guardrail.adapters.answer import AnswerParts, Progress, split_parts, strings
 from guardrail.adapters.base import BadRequest, ChatRequest, Reply, read_json
 from guardrail.adapters.openai_request import request_text
 
@@ -23,6 +23,8 @@ _JSON = [(b"content-type", b"application/json")]
 
 class OpenAIChat:
     """Adapter for the OpenAI chat completions API."""
+
+    reads = "messages (every content part, tool call and result), tools, every other string"
 
     def parse_request(self, body: bytes) -> ChatRequest:
         """Every string of the request a receiver may read, in order (see ``openai_request``)."""
@@ -122,6 +124,7 @@ class OpenAIChat:
         ident: str | None = None,
         model: str | None = None,
         newline: bool = False,
+        progress: Progress | None = None,  # chunks are not indexed: unused
     ) -> bytes:
         """The events that end a cut stream: a content_filter chunk, then [DONE].
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -90,30 +91,61 @@ _TEXT_TYPES = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """One OpenAI API's fixed words: field names, enum values, and where binary media sits.
+
+    The other OpenAI APIs (Responses, legacy completions) are read by the same
+    walk with their own vocabulary: only the words that are not text differ.
+    """
+
+    fields: frozenset[str]
+    enums: dict[str, frozenset[str]]
+    binary_keys: frozenset[str] = frozenset()  # opaque payloads wherever they sit
+    longest: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Folding maps each character to one or more (no ASCII letter is composed), so a
+        # key longer than every field name cannot fold to one: no need to fold it.
+        object.__setattr__(self, "longest", max(map(len, self.fields)))
+
+    @property
+    def folded(self) -> frozenset[str]:
+        """The field names as a key-folding receiver matches them."""
+        return _folded(self.fields)
+
+
+@cache
+def _folded(fields: frozenset[str]) -> frozenset[str]:
+    return frozenset(fold_key(name) for name in fields)
+
+
 class _Reading:
     """Walks a parsed body, collecting the text to screen and counting binary parts."""
 
-    def __init__(self) -> None:
+    def __init__(self, vocabulary: Vocabulary) -> None:
         self.pieces: list[str] = []
         self.opaque = 0
+        self.fields, self.enums = vocabulary.fields, vocabulary.enums
+        self.binary_keys = vocabulary.binary_keys
 
     def value(self, value: Any, key: str | None, parent: str | None) -> None:
         # Recursion is bounded: read_json refused anything nested deeper than MAX_DEPTH.
         # Plain strings are taken inline: a body may hold a million of them.
-        pieces = self.pieces
+        pieces, fields = self.pieces, self.fields
         if isinstance(value, str):
             self.string(value, key, parent)
         elif isinstance(value, dict):
             for child_key, child in value.items():
-                if child_key not in _FIELDS and not _is_index(child_key) and child_key.strip():
+                if child_key not in fields and not _is_index(child_key) and child_key.strip():
                     pieces.append(child_key)
-                if type(child) is str and _plain(child_key, key):
+                if type(child) is str and self.plain(child_key, key):
                     if child.strip():
                         pieces.append(child)
                 elif isinstance(child, str | dict | list):
                     self.value(child, child_key, key)
         elif isinstance(value, list):
-            plain = _plain(key, parent)
+            plain = self.plain(key, parent)
             for item in value:
                 if plain and type(item) is str:
                     if item.strip():
@@ -121,12 +153,16 @@ class _Reading:
                 elif isinstance(item, str | dict | list):
                     self.value(item, key, parent)  # items share the list's field and enum
 
+    def plain(self, key: str | None, parent: str | None) -> bool:
+        """Whether every string of this field is text, whatever its value."""
+        return _plain(key, parent) and key not in self.enums and key not in self.binary_keys
+
     def string(self, value: str, key: str | None, parent: str | None) -> None:
-        if key in _ENUMS and value in _ENUMS[key]:
+        if key in self.enums and value in self.enums[key]:
             return
         if _media(key, parent):
             self.media(value)
-        elif parent == "input_audio" and key == "data":
+        elif (parent == "input_audio" and key == "data") or key in self.binary_keys:
             self.binary(value)
         else:
             self.text(value)
@@ -195,8 +231,8 @@ def _media(key: str | None, parent: str | None) -> bool:
 
 
 def _plain(key: str | None, parent: str | None) -> bool:
-    """Whether every string of this field is text, whatever its value."""
-    return key not in _ENUMS and not _media(key, parent) and key != "data"
+    """Whether every string of this field is text, whatever its value (enums aside)."""
+    return not _media(key, parent) and key != "data"
 
 
 def _is_index(key: str) -> bool:
@@ -204,25 +240,23 @@ def _is_index(key: str) -> bool:
     return key.isascii() and key.isdigit()
 
 
-# Folding maps each character to one or more (no ASCII letter is composed), so a
-# key longer than every field name cannot fold to one: no need to fold it.
-_LONGEST_FIELD = max(map(len, _FIELDS))
+CHAT = Vocabulary(_FIELDS, _ENUMS)
 
 
-@cache
-def _folded_fields() -> frozenset[str]:
-    return frozenset(fold_key(name) for name in _FIELDS)
-
-
-def request_text(data: dict[str, Any]) -> tuple[list[str], int]:
-    """Every string of a chat request a receiver may read, in order; and its binary parts."""
-    reading = _Reading()
+def request_text(data: dict[str, Any], vocabulary: Vocabulary = CHAT) -> tuple[list[str], int]:
+    """Every string of a request a receiver may read, in order; and its binary parts."""
+    reading = _Reading(vocabulary)
+    fields = vocabulary.fields
     for key, value in data.items():
-        if key not in _FIELDS and len(key) <= _LONGEST_FIELD and fold_key(key) in _folded_fields():
+        if (
+            key not in fields
+            and len(key) <= vocabulary.longest
+            and fold_key(key) in vocabulary.folded
+        ):
             # "Stream" or "Me\u017f\u017fages" alone: a receiver that folds keys reads the API's
             # field, we would read an unknown one (and decide streaming, say, wrongly).
             raise BadRequest("ambiguous_key", f"{key!r} is not the API's field name; fix its case")
-        if key not in _FIELDS and not _is_index(key):
+        if key not in fields and not _is_index(key):
             reading.text(key)
         if key == "model" and isinstance(value, str) and _MODEL_NAME.fullmatch(value):
             continue
