@@ -217,22 +217,12 @@ def _echo_response(said: str, stream: bool) -> Response:
 
 
 def _response(ident: str, status: str, output: list[Any]) -> dict[str, Any]:
-    return {
-        "id": ident,
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": status,
+    # The fields an echo has; the SDK fills the others it does not get with None.
+    created = int(time.time())
+    return {"id": ident, "object": "response", "created_at": created, "status": status} | {
         "model": "echo",
         "output": output,
-        "error": None,
-        "incomplete_details": None,
-        "instructions": None,
-        "metadata": {},
-        "parallel_tool_calls": True,
-        "temperature": None,
-        "tool_choice": "auto",
         "tools": [],
-        "top_p": None,
     }
 
 

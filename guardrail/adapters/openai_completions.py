@@ -18,7 +18,7 @@ from typing import Any
 from guardrail.adapters.answer import AnswerParts, Progress, foreign_parts
 from guardrail.adapters.base import BadRequest, ChatRequest, Reply, read_json
 from guardrail.adapters.openai_chat import OpenAIChat, _answer_parts
-from guardrail.adapters.openai_request import Vocabulary, request_text
+from guardrail.adapters.openai_request import Vocabulary, read_request
 
 COMPLETIONS = Vocabulary(
     frozenset(
@@ -52,17 +52,7 @@ class OpenAICompletions(OpenAIChat):
             raise BadRequest(
                 "token_prompt", "'prompt' must be a string or a list of strings (not token ids)"
             )
-        stream = data.get("stream")
-        if stream is not None and not isinstance(stream, bool):
-            raise BadRequest("not_completion", "'stream' must be true, false or null")
-        pieces, opaque = request_text(data, COMPLETIONS)
-        model = data.get("model")
-        return ChatRequest(
-            text="\n\n".join(pieces),
-            stream=stream is True,
-            model=model if isinstance(model, str) else None,
-            opaque=opaque,
-        )
+        return read_request(data, COMPLETIONS, code="not_completion")
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply:
         """A completion that stops with ``content_filter`` (streamed when asked), or an error."""
@@ -78,16 +68,11 @@ class OpenAICompletions(OpenAIChat):
         }
         return Reply(status, json.dumps(completion).encode(), list(_JSON))
 
-    def event_parts(self, data: str) -> AnswerParts | None:
+    def parts_of(self, value: Any) -> AnswerParts:
         """Every string of one chunk: each choice's ``text`` is a flow, the rest side values.
 
         A chunk without ``choices`` is not this API's: every field of it is a flow.
-        None when ``data`` is not JSON.
         """
-        try:
-            value = json.loads(data, parse_constant=_constant)
-        except (ValueError, RecursionError):
-            return None
         if isinstance(value, dict) and isinstance(value.get("choices"), list):
             return _answer_parts(value)
         return foreign_parts(value)
@@ -123,7 +108,3 @@ def _refusal_stream(ident: str, model: str, message: str) -> bytes:
     chunks.append(_completion(ident, model, "", "content_filter"))
     events = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
     return events + b"data: [DONE]\n\n"
-
-
-def _constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")

@@ -29,7 +29,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from guardrail.adapters.base import BadRequest, fold_key
+from guardrail.adapters.base import BadRequest, ChatRequest, fold_key
 
 # The API's own field names (chat completions, its content parts and tools) and
 # JSON Schema's keywords: fixed words that carry no user text. Any other key is text.
@@ -262,3 +262,19 @@ def request_text(data: dict[str, Any], vocabulary: Vocabulary = CHAT) -> tuple[l
             continue
         reading.value(value, key, None)
     return reading.pieces, reading.opaque
+
+
+def read_request(data: dict[str, Any], vocabulary: Vocabulary, *, code: str) -> ChatRequest:
+    """A checked request body as the guard reads it: its text, whether it streams, its model."""
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
+        raise BadRequest(code, "'stream' must be true, false or null")
+    pieces, opaque = request_text(data, vocabulary)
+    model = data.get("model")
+    return ChatRequest(
+        text="\n\n".join(pieces),
+        stream=stream is True,
+        model=model if isinstance(model, str) else None,
+        opaque=opaque,
+    )

@@ -25,7 +25,13 @@ from typing import Any
 from guardrail.adapters.answer import AnswerParts, Progress, foreign_parts, split_parts, strings
 from guardrail.adapters.base import BadRequest, ChatRequest, Reply, read_json
 from guardrail.adapters.openai_chat import OpenAIChat
-from guardrail.adapters.openai_request import _ENUMS, _FIELDS, Vocabulary, _is_base64, request_text
+from guardrail.adapters.openai_request import (
+    _ENUMS,
+    _FIELDS,
+    Vocabulary,
+    _is_base64,
+    read_request,
+)
 
 _ITEM_TYPES = """
     additional_tools allowed_tools allowlist apply_patch apply_patch_call
@@ -122,18 +128,7 @@ class OpenAIResponses(OpenAIChat):
         instructions = data.get("instructions")
         if instructions is not None and not isinstance(instructions, str | list):
             raise BadRequest("not_responses", "'instructions' must be a string")
-        stream = data.get("stream")
-        if stream is not None and not isinstance(stream, bool):
-            # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
-            raise BadRequest("not_responses", "'stream' must be true, false or null")
-        pieces, opaque = request_text(data, RESPONSES)
-        model = data.get("model")
-        return ChatRequest(
-            text="\n\n".join(pieces),
-            stream=stream is True,
-            model=model if isinstance(model, str) else None,
-            opaque=opaque,
-        )
+        return read_request(data, RESPONSES, code="not_responses")
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply:
         """A completed response whose one message holds a refusal part, or an error."""
@@ -147,15 +142,8 @@ class OpenAIResponses(OpenAIChat):
         response = _response(ident, model, "completed", [_refusal_item(message, "completed")])
         return Reply(status, json.dumps(response).encode(), list(_JSON))
 
-    def event_parts(self, data: str) -> AnswerParts | None:
-        """Every string of one event (or a whole response); deltas are flows, the rest side.
-
-        None when ``data`` is not JSON: the client cannot read it as we would.
-        """
-        try:
-            value = json.loads(data, parse_constant=_constant)
-        except (ValueError, RecursionError):
-            return None
+    def parts_of(self, value: Any) -> AnswerParts:
+        """Every string of one event (or a whole response); deltas are flows, the rest side."""
         return _answer_parts(value)
 
     def stream_refusal(
@@ -339,7 +327,3 @@ def _not_text(path: str, text: str) -> bool:
 
 def _no_channel(path: str) -> str | None:
     return None
-
-
-def _constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
