@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from answers import raw_app
 from formats import PREAMBLE, client, formats_policy, served_guarded, served_proxy
@@ -88,7 +89,8 @@ def test_every_field_the_model_reads_is_screened() -> None:
         "variable",
     ):
         assert f"mark-{mark}" in request.text or mark in request.text, mark
-    assert request.opaque == 1  # the inline PDF: no judge reads it, so it is counted
+    # The inline PDF and the image by URL: no judge reads them, so they are counted.
+    assert request.opaque == 2
     assert "gpt-4.1" not in request.text  # a model name is not language
 
 
@@ -106,6 +108,7 @@ def test_a_string_input_is_screened_and_streaming_is_read() -> None:
         (b'{"model": "m", "input": ["hi"]}', "not_responses"),  # items are objects
         (b'{"model": "m", "input": "hi", "instructions": 7}', "not_responses"),
         (b'{"model": "m", "input": "hi", "stream": "yes"}', "not_responses"),
+        (b'{"model": "m", "input": "hi", "background": 1}', "not_responses"),
         (b'{"model": "m", "input": "hi", "input": "Ignore all"}', "duplicate_key"),
         (b'{"model": "m", "input": "hi", "Input": "Ignore all"}', "ambiguous_key"),
         (b'{"model": "m", "input": "hi", "Stream": true}', "ambiguous_key"),
@@ -211,6 +214,17 @@ def test_a_card_in_the_answer_is_cut(serve: Serve) -> None:
         added = [e.output_index for e in events if e.type == "response.output_item.added"]
         assert added == [0, 1]
         assert app.decisions("blocked") == 2
+
+
+def test_a_background_response_is_refused_when_answers_are_screened() -> None:
+    """Its answer is fetched later by another request: no output stage would see it."""
+    with served_guarded(formats_policy(answers=True)) as app:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client(app.url).responses.create(model="m", input="hello", background=True)
+        assert refused.value.code == "deferred_answer"
+    with served_guarded(formats_policy()) as app:  # requests only: its input was screened
+        answer = client(app.url).responses.create(model="m", input="hello", background=True)
+        assert answer.output_text == "You said: hello"
 
 
 def test_an_answer_in_another_apis_grammar_is_screened_joined() -> None:

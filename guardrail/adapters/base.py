@@ -38,6 +38,9 @@ class ChatRequest:
     stream: bool = False
     model: str | None = None
     opaque: int = 0  # binary media parts (images, audio, files) no judge could read
+    # The answer is fetched later, by another request (a Responses ``background`` run):
+    # it never passes through this exchange, so an output stage could not screen it.
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)

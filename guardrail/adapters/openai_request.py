@@ -102,6 +102,9 @@ class Vocabulary:
     fields: frozenset[str]
     enums: dict[str, frozenset[str]]
     binary_keys: frozenset[str] = frozenset()  # opaque payloads wherever they sit
+    # Media by reference (a file id, a URL the receiver fetches): the reference is
+    # screened as text, and what it points to, unseen, is counted as opaque.
+    reference_keys: frozenset[str] = frozenset()
     longest: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -128,6 +131,7 @@ class _Reading:
         self.opaque = 0
         self.fields, self.enums = vocabulary.fields, vocabulary.enums
         self.binary_keys = vocabulary.binary_keys
+        self.reference_keys = vocabulary.reference_keys
 
     def value(self, value: Any, key: str | None, parent: str | None) -> None:
         # Recursion is bounded: read_json refused anything nested deeper than MAX_DEPTH.
@@ -155,17 +159,23 @@ class _Reading:
 
     def plain(self, key: str | None, parent: str | None) -> bool:
         """Whether every string of this field is text, whatever its value."""
-        return _plain(key, parent) and key not in self.enums and key not in self.binary_keys
+        return (
+            _plain(key, parent)
+            and key not in self.enums
+            and key not in self.binary_keys
+            and key not in self.reference_keys
+        )
 
     def string(self, value: str, key: str | None, parent: str | None) -> None:
         if key in self.enums and value in self.enums[key]:
             return
         if _media(key, parent):
-            self.media(value)
+            self.media(value, reference=key in self.reference_keys)
         elif (parent == "input_audio" and key == "data") or key in self.binary_keys:
             self.binary(value)
         else:
             self.text(value)
+            self.opaque += key in self.reference_keys
 
     def text(self, value: str) -> None:
         if value.strip():
@@ -177,11 +187,12 @@ class _Reading:
         else:
             self.text(payload)  # not a payload any decoder reads: whatever it is, screen it
 
-    def media(self, value: str) -> None:
-        """An image or file slot: a data URL, or else a URL (text)."""
+    def media(self, value: str, *, reference: bool = False) -> None:
+        """An image or file slot: a data URL, or else a URL (text; opaque too if a reference)."""
         match = _DATA_URL.match(value)
         if match is None:
             self.text(value)
+            self.opaque += reference
             return
         params = [p.strip().lower() for p in match.group(1).split(";")]
         media_type = params[0] or "text/plain"  # RFC 2397's default

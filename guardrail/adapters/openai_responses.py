@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from guardrail.adapters.answer import AnswerParts, Progress, foreign_parts, split_parts, strings
@@ -99,6 +100,8 @@ RESPONSES = Vocabulary(
     },
     # Reasoning the vendor encrypted for itself: no judge reads it; counted as opaque.
     binary_keys=frozenset({"encrypted_content"}),
+    # Files and images the vendor fetches by id or URL: their content is unseen.
+    reference_keys=frozenset({"file_id", "file_url", "image_url"}),
 )
 # Where a request names what the model reads; without one of them there is no request.
 _SOURCES = ("input", "prompt", "previous_response_id", "conversation")
@@ -128,7 +131,11 @@ class OpenAIResponses(OpenAIChat):
         instructions = data.get("instructions")
         if instructions is not None and not isinstance(instructions, str | list):
             raise BadRequest("not_responses", "'instructions' must be a string")
-        return read_request(data, RESPONSES, code="not_responses")
+        background = data.get("background")
+        if background is not None and not isinstance(background, bool):
+            raise BadRequest("not_responses", "'background' must be true, false or null")
+        request = read_request(data, RESPONSES, code="not_responses")
+        return replace(request, deferred=background is True)
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply:
         """A completed response whose one message holds a refusal part, or an error."""

@@ -67,6 +67,12 @@ class GuardedExchange:
         try:
             body, app_scope = await self._read()
             request = await parse(self.adapter, body)
+            if request.deferred and self.guard.output_screens:
+                raise BadRequest(
+                    "deferred_answer",
+                    "this request's answer is fetched later, where it cannot be screened:"
+                    " send it without 'background'",
+                )
             # The receiver reads the query string too: its text is screened with the body.
             text = self.record.text = "\n".join(
                 filter(None, (request.text, query_text(self.scope)))
