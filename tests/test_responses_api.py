@@ -161,6 +161,25 @@ def test_every_string_an_item_can_hold_is_screened(items: list[dict[str, Any]], 
     assert said in text
 
 
+_event_types = st.sampled_from(
+    ["response.output_text.delta", "response.completed", "response.refusal.delta", "x.delta"]
+)
+
+
+@given(st.lists(st.tuples(_event_types, _values, _values), min_size=1, max_size=4))
+def test_every_string_an_answer_event_can_hold_is_screened(
+    events: list[tuple[str, Any, Any]],
+) -> None:
+    """Deltas, known fields and unknown ones, in the grammar or not: all reach the judges."""
+    for kind, delta, extra in events:
+        event = {"type": kind, "output_index": 0, "delta": delta, "x_extra": extra}
+        parts = ADAPTER.event_parts(json.dumps(event))
+        assert parts is not None
+        text = parts.text()
+        for leaf in [*_leaves(delta), *_leaves(extra)]:
+            assert leaf in text or not leaf.strip()
+
+
 # --- through the middleware and the proxy -------------------------------------------
 
 
@@ -177,6 +196,9 @@ def test_benign_answered_and_injection_refused_as_the_sdk_reads_them(serve: Serv
         ]
         assert "".join(deltas) == "You said: hello there"
 
+        tool_said = [{"type": "function_call_output", "call_id": "c1", "output": INJECTION}]
+        from_tool = sdk.responses.create(model="m", input=tool_said)  # type: ignore[arg-type]
+        assert from_tool.output[0].content[0].type == "refusal"  # type: ignore[union-attr]
         refused = sdk.responses.create(model="m", input=INJECTION)
         assert refused.status == "completed"
         part = refused.output[0].content[0]  # type: ignore[union-attr]
@@ -189,7 +211,7 @@ def test_benign_answered_and_injection_refused_as_the_sdk_reads_them(serve: Serv
         with sdk.responses.stream(model="m", input=INJECTION) as stream:
             final = stream.get_final_response()  # the SDK's own accumulator accepts it
         assert final.output[0].content[0].type == "refusal"  # type: ignore[union-attr]
-        assert app.decisions("blocked") == 3 and app.decisions("allowed") == 2
+        assert app.decisions("blocked") == 4 and app.decisions("allowed") == 2
 
 
 @pytest.mark.parametrize("serve", SERVERS)
