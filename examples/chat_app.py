@@ -52,6 +52,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            *_openai_routes(upstream, model),
             Route("/health", health),
         ]
     )
@@ -121,3 +122,133 @@ def _chunk(ident: str, created: int, delta: dict[str, Any], finish: str | None) 
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+# --- the OpenAI Responses and legacy completions APIs ------------------------------
+
+
+def _openai_routes(upstream: AsyncOpenAI | None, model: str) -> list[Route]:
+    """``/v1/responses`` and ``/v1/completions``: echoed offline, else asked of the model."""
+
+    async def responses(request: Request) -> Response:
+        body = await request.json()
+        stream = body.get("stream") is True
+        if upstream is not None:
+            answer = await upstream.responses.create(**{"model": model, **body})
+            if not stream:
+                return JSONResponse(answer.model_dump(mode="json", exclude_none=True))
+
+            async def relayed() -> AsyncIterator[bytes]:
+                async for event in answer:
+                    data = event.model_dump_json(exclude_none=True)
+                    yield f"event: {event.type}\ndata: {data}\n\n".encode()
+
+            return StreamingResponse(relayed(), media_type="text/event-stream")
+        return _echo_response(_last_input(body.get("input")), stream)
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        stream = body.get("stream") is True
+        if upstream is not None:
+            answer = await upstream.completions.create(**{"model": model, **body})
+            if not stream:
+                return JSONResponse(answer.model_dump(mode="json", exclude_none=True))
+
+            async def relayed() -> AsyncIterator[bytes]:
+                async for chunk in answer:
+                    yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(relayed(), media_type="text/event-stream")
+        prompt = body.get("prompt")
+        return _echo_completion(prompt if isinstance(prompt, str) else json.dumps(prompt), stream)
+
+    return [
+        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+
+
+def _last_input(given: Any) -> str:
+    """The text of the last user input: a string, or the last user message's text parts."""
+    if isinstance(given, str):
+        return given
+    for item in reversed(given if isinstance(given, list) else []):
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                return content
+            return " ".join(
+                p.get("text", "") for p in content or [] if isinstance(p, dict)
+            ) or json.dumps(content)
+    return json.dumps(given)
+
+
+def _echo_response(said: str, stream: bool) -> Response:
+    answer = f"You said: {said}"
+    ident, item_id = f"resp_echo_{uuid.uuid4().hex[:12]}", f"msg_echo_{uuid.uuid4().hex[:12]}"
+    part = {"type": "output_text", "text": answer, "annotations": []}
+    item = {"type": "message", "id": item_id, "status": "completed", "role": "assistant"}
+    done = {**item, "content": [part]}
+    if not stream:
+        return JSONResponse(_response(ident, "completed", [done]))
+
+    async def events() -> AsyncIterator[bytes]:
+        sequence = iter(range(1_000_000))
+
+        def event(kind: str, **fields: Any) -> bytes:
+            data = {"type": kind, "sequence_number": next(sequence), **fields}
+            return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        yield event("response.created", response=_response(ident, "in_progress", []))
+        started = {**item, "status": "in_progress", "content": []}
+        yield event("response.output_item.added", output_index=0, item=started)
+        yield event("response.content_part.added", **where, part={**part, "text": ""})
+        for i, word in enumerate(answer.split(" ")):
+            yield event("response.output_text.delta", **where, delta=word if i == 0 else " " + word)
+            await asyncio.sleep(0.01)
+        yield event("response.output_text.done", **where, text=answer)
+        yield event("response.content_part.done", **where, part=part)
+        yield event("response.output_item.done", output_index=0, item=done)
+        yield event("response.completed", response=_response(ident, "completed", [done]))
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _response(ident: str, status: str, output: list[Any]) -> dict[str, Any]:
+    # The fields an echo has; the SDK fills the others it does not get with None.
+    created = int(time.time())
+    return {"id": ident, "object": "response", "created_at": created, "status": status} | {
+        "model": "echo",
+        "output": output,
+        "tools": [],
+    }
+
+
+def _echo_completion(said: str, stream: bool) -> Response:
+    answer = f"You said: {said}"
+    ident, created = f"cmpl-echo-{uuid.uuid4().hex[:12]}", int(time.time())
+
+    def completion(text: str, finish: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {
+            "id": ident,
+            "object": "text_completion",
+            "created": created,
+            "model": "echo",
+            "choices": [choice],
+        }
+
+    if not stream:
+        return JSONResponse(completion(answer, "stop"))
+
+    async def events() -> AsyncIterator[bytes]:
+        for i, word in enumerate(answer.split(" ")):
+            chunk = completion(word if i == 0 else " " + word, None)
+            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await asyncio.sleep(0.01)
+        yield b"data: " + json.dumps(completion("", "stop")).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")

@@ -2,7 +2,22 @@
 
 from guardrail.adapters.base import Adapter, BadRequest, ChatRequest, Reply
 from guardrail.adapters.openai_chat import OpenAIChat
+from guardrail.adapters.openai_completions import OpenAICompletions
+from guardrail.adapters.openai_responses import OpenAIResponses
 
-ADAPTERS: dict[str, type[Adapter]] = {"openai_chat": OpenAIChat}
+ADAPTERS: dict[str, type[Adapter]] = {
+    "openai_chat": OpenAIChat,
+    "openai_responses": OpenAIResponses,
+    "openai_completions": OpenAICompletions,
+}
 
-__all__ = ["ADAPTERS", "Adapter", "BadRequest", "ChatRequest", "OpenAIChat", "Reply"]
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "BadRequest",
+    "ChatRequest",
+    "OpenAIChat",
+    "OpenAICompletions",
+    "OpenAIResponses",
+    "Reply",
+]

@@ -17,6 +17,25 @@ Flow = tuple[str, str]  # (channel, text)
 
 
 @dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a stream has got, so a refusal that ends it continues it consistently.
+
+    APIs whose clients rebuild the answer from indexed events (Responses output
+    items, Anthropic content blocks) reject a refusal that reuses a slot or
+    goes back in the event sequence.
+    """
+
+    slots: int = 0  # output slots the stream opened: a refusal takes the next one
+    sequence: int = -1  # the last event sequence number seen
+
+    def after(self, other: Progress | None) -> Progress:
+        """The furthest of both."""
+        if other is None:
+            return self
+        return Progress(max(self.slots, other.slots), max(self.sequence, other.sequence))
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerParts:
     """The text of one answer or event: flows by channel, and side values."""
 
@@ -24,6 +43,7 @@ class AnswerParts:
     side: tuple[str, ...] = ()
     ident: str | None = None  # the answer's own id, reused by a refusal that ends its stream
     model: str | None = None
+    progress: Progress | None = None  # indexed APIs: the slots and sequence this event shows
 
     def text(self) -> str:
         """Everything, as one text: each channel's pieces joined, then the side values."""
@@ -67,3 +87,13 @@ def split_parts(
         else:
             flows.append((channel, text))
     return flows, side
+
+
+def foreign_parts(value: Any) -> AnswerParts:
+    """An event not in the route's grammar: every string a flow of its own path.
+
+    A raw client may join what such events carry across the stream (another
+    API's deltas), so each field's pieces are screened joined, never one by one.
+    """
+    flows = [(f"foreign:{path}", text) for path, text in strings(value) if text]
+    return AnswerParts(flows=tuple(flows))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
-from guardrail.adapters.answer import AnswerParts
+from guardrail.adapters.answer import AnswerParts, Progress
 
 
 class BadRequest(Exception):
@@ -38,6 +38,9 @@ class ChatRequest:
     stream: bool = False
     model: str | None = None
     opaque: int = 0  # binary media parts (images, audio, files) no judge could read
+    # The answer is fetched later, by another request (a Responses ``background`` run):
+    # it never passes through this exchange, so an output stage could not screen it.
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,7 @@ class Adapter(Protocol):
         ident: str | None = None,
         model: str | None = None,
         newline: bool = False,
+        progress: Progress | None = None,
     ) -> bytes: ...
 
 

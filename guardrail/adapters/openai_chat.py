@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-from guardrail.adapters.answer import AnswerParts, split_parts, strings
+from guardrail.adapters.answer import AnswerParts, Progress, split_parts, strings
 from guardrail.adapters.base import BadRequest, ChatRequest, Reply, read_json
-from guardrail.adapters.openai_request import request_text
+from guardrail.adapters.openai_request import CHAT, read_request
 
 # Keys whose strings are not text anyone reads as language: roles, ids, and
 # binary payloads (base64 images or audio would only slow the judges down).
@@ -23,6 +23,8 @@ _JSON = [(b"content-type", b"application/json")]
 
 class OpenAIChat:
     """Adapter for the OpenAI chat completions API."""
+
+    reads = "messages (every content part, tool call and result), tools, every other string"
 
     def parse_request(self, body: bytes) -> ChatRequest:
         """Every string of the request a receiver may read, in order (see ``openai_request``)."""
@@ -37,18 +39,7 @@ class OpenAIChat:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise BadRequest("not_chat", f"messages[{i}] must be an object with a 'role'")
-        stream = data.get("stream")
-        if stream is not None and not isinstance(stream, bool):
-            # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
-            raise BadRequest("not_chat", "'stream' must be true, false or null")
-        pieces, opaque = request_text(data)
-        model = data.get("model")
-        return ChatRequest(
-            text="\n\n".join(pieces),
-            stream=stream is True,
-            model=model if isinstance(model, str) else None,
-            opaque=opaque,
-        )
+        return read_request(data, CHAT, code="not_chat")
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply:
         """A refusal the OpenAI client parses: a content_filter completion, or an error."""
@@ -112,6 +103,10 @@ class OpenAIChat:
             value = json.loads(data, parse_constant=_constant)
         except (ValueError, RecursionError):
             return None
+        return self.parts_of(value)
+
+    def parts_of(self, value: Any) -> AnswerParts:
+        """The parts of one parsed event or answer, in this API's grammar."""
         return _answer_parts(value)
 
     def stream_refusal(
@@ -122,6 +117,7 @@ class OpenAIChat:
         ident: str | None = None,
         model: str | None = None,
         newline: bool = False,
+        progress: Progress | None = None,  # chunks are not indexed: unused
     ) -> bytes:
         """The events that end a cut stream: a content_filter chunk, then [DONE].
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from guardrail.adapters.base import BadRequest, fold_key
+from guardrail.adapters.base import BadRequest, ChatRequest, fold_key
 
 # The API's own field names (chat completions, its content parts and tools) and
 # JSON Schema's keywords: fixed words that carry no user text. Any other key is text.
@@ -90,30 +91,65 @@ _TEXT_TYPES = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """One OpenAI API's fixed words: field names, enum values, and where binary media sits.
+
+    The other OpenAI APIs (Responses, legacy completions) are read by the same
+    walk with their own vocabulary: only the words that are not text differ.
+    """
+
+    fields: frozenset[str]
+    enums: dict[str, frozenset[str]]
+    binary_keys: frozenset[str] = frozenset()  # opaque payloads wherever they sit
+    # Media by reference (a file id, a URL the receiver fetches): the reference is
+    # screened as text, and what it points to, unseen, is counted as opaque.
+    reference_keys: frozenset[str] = frozenset()
+    longest: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Folding maps each character to one or more (no ASCII letter is composed), so a
+        # key longer than every field name cannot fold to one: no need to fold it.
+        object.__setattr__(self, "longest", max(map(len, self.fields)))
+
+    @property
+    def folded(self) -> frozenset[str]:
+        """The field names as a key-folding receiver matches them."""
+        return _folded(self.fields)
+
+
+@cache
+def _folded(fields: frozenset[str]) -> frozenset[str]:
+    return frozenset(fold_key(name) for name in fields)
+
+
 class _Reading:
     """Walks a parsed body, collecting the text to screen and counting binary parts."""
 
-    def __init__(self) -> None:
+    def __init__(self, vocabulary: Vocabulary) -> None:
         self.pieces: list[str] = []
         self.opaque = 0
+        self.fields, self.enums = vocabulary.fields, vocabulary.enums
+        self.binary_keys = vocabulary.binary_keys
+        self.reference_keys = vocabulary.reference_keys
 
     def value(self, value: Any, key: str | None, parent: str | None) -> None:
         # Recursion is bounded: read_json refused anything nested deeper than MAX_DEPTH.
         # Plain strings are taken inline: a body may hold a million of them.
-        pieces = self.pieces
+        pieces, fields = self.pieces, self.fields
         if isinstance(value, str):
             self.string(value, key, parent)
         elif isinstance(value, dict):
             for child_key, child in value.items():
-                if child_key not in _FIELDS and not _is_index(child_key) and child_key.strip():
+                if child_key not in fields and not _is_index(child_key) and child_key.strip():
                     pieces.append(child_key)
-                if type(child) is str and _plain(child_key, key):
+                if type(child) is str and self.plain(child_key, key):
                     if child.strip():
                         pieces.append(child)
                 elif isinstance(child, str | dict | list):
                     self.value(child, child_key, key)
         elif isinstance(value, list):
-            plain = _plain(key, parent)
+            plain = self.plain(key, parent)
             for item in value:
                 if plain and type(item) is str:
                     if item.strip():
@@ -121,15 +157,25 @@ class _Reading:
                 elif isinstance(item, str | dict | list):
                     self.value(item, key, parent)  # items share the list's field and enum
 
+    def plain(self, key: str | None, parent: str | None) -> bool:
+        """Whether every string of this field is text, whatever its value."""
+        return (
+            _plain(key, parent)
+            and key not in self.enums
+            and key not in self.binary_keys
+            and key not in self.reference_keys
+        )
+
     def string(self, value: str, key: str | None, parent: str | None) -> None:
-        if key in _ENUMS and value in _ENUMS[key]:
+        if key in self.enums and value in self.enums[key]:
             return
         if _media(key, parent):
-            self.media(value)
-        elif parent == "input_audio" and key == "data":
+            self.media(value, reference=key in self.reference_keys)
+        elif (parent == "input_audio" and key == "data") or key in self.binary_keys:
             self.binary(value)
         else:
             self.text(value)
+            self.opaque += key in self.reference_keys
 
     def text(self, value: str) -> None:
         if value.strip():
@@ -141,11 +187,12 @@ class _Reading:
         else:
             self.text(payload)  # not a payload any decoder reads: whatever it is, screen it
 
-    def media(self, value: str) -> None:
-        """An image or file slot: a data URL, or else a URL (text)."""
+    def media(self, value: str, *, reference: bool = False) -> None:
+        """An image or file slot: a data URL, or else a URL (text; opaque too if a reference)."""
         match = _DATA_URL.match(value)
         if match is None:
             self.text(value)
+            self.opaque += reference
             return
         params = [p.strip().lower() for p in match.group(1).split(";")]
         media_type = params[0] or "text/plain"  # RFC 2397's default
@@ -195,8 +242,8 @@ def _media(key: str | None, parent: str | None) -> bool:
 
 
 def _plain(key: str | None, parent: str | None) -> bool:
-    """Whether every string of this field is text, whatever its value."""
-    return key not in _ENUMS and not _media(key, parent) and key != "data"
+    """Whether every string of this field is text, whatever its value (enums aside)."""
+    return not _media(key, parent) and key != "data"
 
 
 def _is_index(key: str) -> bool:
@@ -204,27 +251,41 @@ def _is_index(key: str) -> bool:
     return key.isascii() and key.isdigit()
 
 
-# Folding maps each character to one or more (no ASCII letter is composed), so a
-# key longer than every field name cannot fold to one: no need to fold it.
-_LONGEST_FIELD = max(map(len, _FIELDS))
+CHAT = Vocabulary(_FIELDS, _ENUMS)
 
 
-@cache
-def _folded_fields() -> frozenset[str]:
-    return frozenset(fold_key(name) for name in _FIELDS)
-
-
-def request_text(data: dict[str, Any]) -> tuple[list[str], int]:
-    """Every string of a chat request a receiver may read, in order; and its binary parts."""
-    reading = _Reading()
+def request_text(data: dict[str, Any], vocabulary: Vocabulary = CHAT) -> tuple[list[str], int]:
+    """Every string of a request a receiver may read, in order; and its binary parts."""
+    reading = _Reading(vocabulary)
+    fields = vocabulary.fields
     for key, value in data.items():
-        if key not in _FIELDS and len(key) <= _LONGEST_FIELD and fold_key(key) in _folded_fields():
+        if (
+            key not in fields
+            and len(key) <= vocabulary.longest
+            and fold_key(key) in vocabulary.folded
+        ):
             # "Stream" or "Me\u017f\u017fages" alone: a receiver that folds keys reads the API's
             # field, we would read an unknown one (and decide streaming, say, wrongly).
             raise BadRequest("ambiguous_key", f"{key!r} is not the API's field name; fix its case")
-        if key not in _FIELDS and not _is_index(key):
+        if key not in fields and not _is_index(key):
             reading.text(key)
         if key == "model" and isinstance(value, str) and _MODEL_NAME.fullmatch(value):
             continue
         reading.value(value, key, None)
     return reading.pieces, reading.opaque
+
+
+def read_request(data: dict[str, Any], vocabulary: Vocabulary, *, code: str) -> ChatRequest:
+    """A checked request body as the guard reads it: its text, whether it streams, its model."""
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
+        raise BadRequest(code, "'stream' must be true, false or null")
+    pieces, opaque = request_text(data, vocabulary)
+    model = data.get("model")
+    return ChatRequest(
+        text="\n\n".join(pieces),
+        stream=stream is True,
+        model=model if isinstance(model, str) else None,
+        opaque=opaque,
+    )

@@ -130,12 +130,14 @@ _STARTS = {
 
 def summary(policy: Policy) -> str:
     """A human summary of what a valid policy does."""
-    routes = ", ".join(f"{'|'.join(r.methods)} {r.path}" for r in policy.routes)
     lines = [
         f"policy {policy.name}: valid",
-        f"  guards:    {routes} ({policy.format}, body up to {policy.max_body_bytes} bytes)",
-        "  screens:",
+        f"  guards:    {len(policy.routes)} route(s), body up to {policy.max_body_bytes} bytes",
     ]
+    for route in policy.routes:
+        name = policy.format_of(route)
+        lines.append(f"    - {'|'.join(route.methods)} {route.path} ({name}): {_reads(name)}")
+    lines.append("  screens:")
     for screen in policy.input.screens:
         spec = policy.judges[screen.judge]
         only = f", only {', '.join(screen.categories)}" if screen.categories else ""
@@ -166,6 +168,14 @@ def summary(policy: Policy) -> str:
     return "\n".join(lines)
 
 
+def _reads(format_name: str) -> str:
+    """What an API's adapter screens of a request, as it describes itself."""
+    from guardrail.adapters import ADAPTERS
+
+    adapter = ADAPTERS.get(format_name)
+    return str(getattr(adapter, "reads", "every string of the body"))
+
+
 def _demo(host: str, port: int, policy: str, log_level: str) -> int:
     import uvicorn
 
@@ -174,7 +184,8 @@ def _demo(host: str, port: int, policy: str, log_level: str) -> int:
     logs = log_config(log_level)
     logging.config.dictConfig(logs)  # before the app is built: its warnings are shown too
     where = f"http://{host}:{port}" if port else f"{host}, on the free port uvicorn reports"
-    print(f"guardrail demo: {where}  POST /v1/chat/completions  metrics: /metrics", flush=True)
+    routes = "  ".join(f"POST {r.path}" for r in load_policy(policy).routes)
+    print(f"guardrail demo: {where}  {routes}  metrics: /metrics", flush=True)
     uvicorn.run(create_app(policy), host=host, port=port, log_level=log_level, log_config=logs)
     return 0
 

@@ -66,6 +66,8 @@ class Guard:
     panel: PanelRunner | None
     metrics: GuardrailMetrics
     audit: AuditTrail | None = None
+    # One adapter per API the policy's routes speak (``adapter`` is the policy's format).
+    adapters: dict[str, Adapter] = field(default_factory=dict)
 
     @classmethod
     def build(cls, policy: Policy, *, registry: CollectorRegistry | None = None) -> Guard:
@@ -83,14 +85,22 @@ class Guard:
             [s.judge for s in policy.output.screens] if policy.output else (),
             [s.judge for s in policy.panel.judges] if policy.panel else (),
         )
-        adapter = ADAPTERS[policy.format]()
+        adapters = {name: ADAPTERS[name]() for name in policy.formats()}
         audit = build_audit(policy, metrics)
-        return cls(policy, adapter, screens, output_screens, judges, panel, metrics, audit)
+        adapter = adapters[policy.format]
+        return cls(
+            policy, adapter, screens, output_screens, judges, panel, metrics, audit, adapters
+        )
 
-    def refusal(self, request: ChatRequest) -> Reply:
-        """The policy's refusal, in the API's own shape."""
-        r = self.policy.refusal
-        return self.adapter.refusal(request, message=r.message, shape=r.shape, status=r.status)
+    def adapter_for(self, method: str, path: str) -> Adapter:
+        """The adapter of the API spoken on this request's route (the policy's by default)."""
+        name = self.policy.format_of(self.policy.route(method, path) or self.policy.route_for(path))
+        return self.adapters.get(name) or self.adapter
+
+    def refusal(self, request: ChatRequest, adapter: Adapter | None = None) -> Reply:
+        """The policy's refusal, in the API's own shape (the route's ``adapter``)."""
+        r, adapter = self.policy.refusal, adapter or self.adapter
+        return adapter.refusal(request, message=r.message, shape=r.shape, status=r.status)
 
     async def assess(self, text: str, stage: Stage = "input") -> Assessment:
         """Screen the text; escalate to the panel where the policy says so; decide."""

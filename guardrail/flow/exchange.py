@@ -25,7 +25,7 @@ from guardrail.decide.guard import Assessment, Guard, Record
 from guardrail.flow.body import ClientGone, check_media_type, decode, parse, read_body
 from guardrail.flow.hold import Hold
 from guardrail.flow.output import AnswerScreen
-from guardrail.flow.routing import query_text
+from guardrail.flow.routing import query_text, route_path
 from guardrail.observe.metrics import child
 
 log = logging.getLogger("guardrail")
@@ -47,6 +47,8 @@ class GuardedExchange:
         self.sent_all_at: float | None = None  # the response's last byte went to the server
         self.app_report: dict[str, str] = {}  # what the app reports (REPORT_EXTENSION)
         self.app_task: asyncio.Future[None] | None = None  # None until the app is started
+        # The API of the route this request came on: how its body, answer and refusal read.
+        self.adapter = guard.adapter_for(scope["method"], route_path(scope))
 
     async def run(self) -> None:
         """Guard the request; count it whatever happens, and re-raise the app's errors."""
@@ -64,7 +66,13 @@ class GuardedExchange:
     async def _run(self) -> None:
         try:
             body, app_scope = await self._read()
-            request = await parse(self.guard.adapter, body)
+            request = await parse(self.adapter, body)
+            if request.deferred and self.guard.output_screens:
+                raise BadRequest(
+                    "deferred_answer",
+                    "this request's answer is fetched later, where it cannot be screened:"
+                    " send it without 'background'",
+                )
             # The receiver reads the query string too: its text is screened with the body.
             text = self.record.text = "\n".join(
                 filter(None, (request.text, query_text(self.scope)))
@@ -73,7 +81,7 @@ class GuardedExchange:
             return
         except BadRequest as exc:
             self.record.decision, self.record.rejected = "rejected", exc.code
-            await self._reply(self.guard.adapter.error(exc))
+            await self._reply(self.adapter.error(exc))
             return
         watcher = asyncio.ensure_future(self._watch_disconnect())
         hold = Hold(self._to_client)
@@ -115,7 +123,7 @@ class GuardedExchange:
         self.record.decision = decision = assessment.decision
         if decision in REFUSING:
             await self._cancel_app(self.app_task, "blocked")
-            await self._reply(self.guard.refusal(request))
+            await self._reply(self.guard.refusal(request, self.adapter))
             return
         if self.app_task is None:  # after_verdict: the request is allowed, start the app now
             if watcher.done():
@@ -153,7 +161,7 @@ class GuardedExchange:
         """
         assert self.guard.policy.output is not None
         idle_s = self.guard.policy.output.idle_timeout_s
-        answer = AnswerScreen(self.guard, request, self._to_client, self.record)
+        answer = AnswerScreen(self.guard, request, self._to_client, self.record, self.adapter)
         finished: asyncio.Future[None] = asyncio.ensure_future(self._until(answer.finished))
         try:
             await hold.release(to=answer.feed)

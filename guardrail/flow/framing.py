@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from guardrail.adapters.answer import AnswerParts, Flow
+from guardrail.adapters.answer import AnswerParts, Flow, Progress
 
 # Text outside ``data:`` (comments, ``event:``/``id:``, unknown fields) is read
 # as lines by raw clients and logs: one channel, so a value split over lines is
@@ -43,6 +43,7 @@ class Unit:
     unreadable: bool = False  # we cannot read it as the client will: the fail mode decides
     ident: str | None = None
     model: str | None = None
+    progress: Progress | None = None
 
     @property
     def has_text(self) -> bool:
@@ -158,7 +159,12 @@ class SSEFramer:
         if parts is None:
             return Unit(raw, unreadable=True)
         return Unit(
-            raw, tuple(lines) + parts.flows, parts.side, ident=parts.ident, model=parts.model
+            raw,
+            tuple(lines) + parts.flows,
+            parts.side,
+            ident=parts.ident,
+            model=parts.model,
+            progress=parts.progress,
         )
 
     @staticmethod

@@ -132,7 +132,8 @@ class GuardrailMiddleware:
             near = _first(self._all_guards(), lambda p: p.route_for(path))
             if near is not None:
                 why = "the request names more than one tenant: send one tenant header"
-                await _refuse(near, send, BadRequest("ambiguous_tenant", why))
+                error = BadRequest("ambiguous_tenant", why)
+                await _refuse(near, send, error, method=method, path=path)
                 return
             candidates = [slot.guard for slot in self._by_route]
         guard = _first(candidates, lambda p: p.guards(method, path))
@@ -155,7 +156,9 @@ class GuardrailMiddleware:
         if near is not None:
             why = "the request path is not canonical (dot segments, encoded or doubled"
             why += " separators, backslashes, ';' or a suffix): send the plain path"
-            await _refuse(near, send, BadRequest("non_canonical_path", why))
+            await _refuse(
+                near, send, BadRequest("non_canonical_path", why), method=method, path=path
+            )
             return
         if guard is None:
             covering = _first(candidates, lambda p: p.route_for(path))
@@ -202,6 +205,7 @@ class GuardrailMiddleware:
             send,
             BadRequest("method_not_allowed", why, status=405),
             [(b"allow", allowed.encode())],
+            path=path,
         )
 
     def _covered(self, scope: Scope) -> bool:
@@ -255,10 +259,16 @@ def _carries_text(scope: Scope) -> bool:
 
 
 async def _refuse(
-    guard: Guard, send: Send, error: BadRequest, headers: Sequence[tuple[bytes, bytes]] = ()
+    guard: Guard,
+    send: Send,
+    error: BadRequest,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    *,
+    method: str = "POST",
+    path: str = "",
 ) -> None:
     """Refuse a request the guard cannot screen as the receiver would read it; count it."""
-    reply = guard.adapter.error(error)
+    reply = (guard.adapter_for(method, path) if path else guard.adapter).error(error)
     reply.headers.extend(headers)
     guard.observe(Record("rejected", 0.0, rejected=error.code))
     for message in reply.messages():

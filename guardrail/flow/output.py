@@ -24,8 +24,8 @@ from typing import Literal
 from starlette.datastructures import Headers
 from starlette.types import Message, Send
 
-from guardrail.adapters import ChatRequest
-from guardrail.adapters.answer import AnswerParts
+from guardrail.adapters import Adapter, ChatRequest
+from guardrail.adapters.answer import AnswerParts, Progress
 from guardrail.adapters.base import BadRequest
 from guardrail.decide.decision import REFUSING
 from guardrail.decide.guard import Assessment, Guard, Record
@@ -70,9 +70,17 @@ class _Queued:
 class AnswerScreen:
     """Takes the app's messages after the input verdict; releases what passed screening."""
 
-    def __init__(self, guard: Guard, request: ChatRequest, send: Send, record: Record) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        request: ChatRequest,
+        send: Send,
+        record: Record,
+        adapter: Adapter | None = None,  # the route's API; the policy's format by default
+    ) -> None:
         assert guard.policy.output is not None
         self.guard, self.request, self._send, self.record = guard, request, send, record
+        self.adapter = adapter or guard.adapter
         self.stage = stage = guard.policy.output
         self.hold_back = stage.mode == "hold_back"
         self.fail_closed = guard.policy.on_error != "allow"
@@ -104,6 +112,7 @@ class AnswerScreen:
         self._ending = False  # the answer's last message arrived, or it broke off
         self._ident: str | None = None
         self._model: str | None = None
+        self._progress = Progress()
         self._released_text = False
 
     async def feed(self, message: Message) -> None:
@@ -231,7 +240,7 @@ class AnswerScreen:
 
     def _whole_text(self, body: bytes) -> tuple[str, bytes, bool]:
         """The text of a complete answer, the body to release, and whether all of it was read."""
-        parse = self.guard.adapter.event_parts
+        parse = self.adapter.event_parts
         if self._sse_header or looks_like_sse(body, final=True):
             units = whole_parts(body, parse)
             readable = [u for u in units if not u.unreadable]
@@ -242,7 +251,7 @@ class AnswerScreen:
                 (*self._header_text, *(s for u in readable for s in u.side)),
             )
             return parts.text(), body, len(readable) == len(units)
-        text = self.guard.adapter.answer_parts(body).text()
+        text = self.adapter.answer_parts(body).text()
         return "\n".join([*self._header_text, text]), body, True
 
     async def _release_whole(self, body: bytes, *, original: bool = False) -> None:
@@ -262,7 +271,7 @@ class AnswerScreen:
             await self._cut_stream_body()
             return
         self._started = True
-        for message in self.guard.refusal(self.request).messages():
+        for message in self.guard.refusal(self.request, self.adapter).messages():
             await self._forward(message)
 
     async def _app_failed(self, reason: str) -> None:
@@ -272,7 +281,7 @@ class AnswerScreen:
         self.app_failed = True
         status, what = (504, "did not answer in time") if reason == "idle" else (502, "failed")
         error = BadRequest("app_error", f"the app {what}", status=status)
-        for message in self.guard.adapter.error(error).messages():
+        for message in self.adapter.error(error).messages():
             await self._forward(message)
 
     # --- a streamed answer -----------------------------------------------------------
@@ -331,7 +340,7 @@ class AnswerScreen:
             self._framer = TextFramer()  # unused: marks the framing as decided
             return
         self._framer = (
-            SSEFramer(self.guard.adapter.event_parts, max_event_bytes=self.stage.max_event_bytes)
+            SSEFramer(self.adapter.event_parts, max_event_bytes=self.stage.max_event_bytes)
             if sse
             else TextFramer()
         )
@@ -344,6 +353,7 @@ class AnswerScreen:
             return
         self._ident = self._ident or unit.ident
         self._model = self._model or unit.model
+        self._progress = self._progress.after(unit.progress)
         if not self.hold_back and not unit.done:
             await self._forward_live(unit)
             unit = replace(unit, raw=b"")  # sent: its window only screens it
@@ -443,11 +453,12 @@ class AnswerScreen:
         self._cut = True
         message = self.guard.policy.refusal.message
         if isinstance(self._framer, SSEFramer):
-            refusal = self.guard.adapter.stream_refusal(
+            refusal = self.adapter.stream_refusal(
                 self.request,
                 message=message,
                 ident=self._ident,
                 model=self._model,
+                progress=self._progress,
                 newline=self._released_text,
             )
         else:

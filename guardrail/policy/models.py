@@ -189,6 +189,19 @@ JudgeSpec = Annotated[
 # --- stages -----------------------------------------------------------------
 
 
+# --- routes and their API formats ---------------------------------------------
+
+Format = Literal["openai_chat", "openai_responses", "openai_completions"]
+# Where each API is served by default: a route may leave out its path. Generic
+# JSON has none: an in-house app's route is named in the policy.
+DEFAULT_ROUTES: dict[str, str] = {
+    "openai_chat": "/v1/chat/completions",
+    "openai_responses": "/v1/responses",
+    "openai_completions": "/v1/completions",
+    "anthropic_messages": "/v1/messages",
+}
+
+
 # The methods a route may list. A name outside this set (``PSOT``) would guard
 # nothing, silently: it is an error at load. CONNECT and TRACE carry no chat.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -204,6 +217,7 @@ class Route(_Strict):
 
     path: str
     methods: tuple[str, ...] = ("POST",)
+    format: Format | None = None  # the API spoken on this route; None: the policy's format
 
     @field_validator("path")
     @classmethod
@@ -372,8 +386,9 @@ class Policy(_Strict):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
+    # Left out: the default route of the policy's format.
     routes: tuple[Route, ...] = Field(min_length=1)
-    format: Literal["openai_chat"] = "openai_chat"
+    format: Format = "openai_chat"  # the API of every route that names none
     max_body_bytes: PositiveInt = 1_048_576
     judges: dict[str, JudgeSpec] = Field(min_length=1)
     input: InputStage
@@ -385,6 +400,26 @@ class Policy(_Strict):
     refusal: Refusal = Refusal()
     metrics: MetricsSettings = MetricsSettings()
     audit: Audit = Audit()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_routes(cls, data: Any) -> Any:
+        # A route (or the whole list) may leave its path to its format's default.
+        if not isinstance(data, Mapping):
+            return data
+        policy_format = data.get("format", "openai_chat")
+        routes = data.get("routes")
+        if routes is None and policy_format in DEFAULT_ROUTES:
+            return {**data, "routes": [{"path": DEFAULT_ROUTES[policy_format]}]}
+        if isinstance(routes, list | tuple):
+            filled = []
+            for route in routes:
+                if isinstance(route, Mapping) and "path" not in route:
+                    default = DEFAULT_ROUTES.get(route.get("format") or policy_format)
+                    route = {**route, "path": default} if isinstance(default, str) else route
+                filled.append(route)
+            return {**data, "routes": filled}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -403,6 +438,18 @@ class Policy(_Strict):
     def guards(self, method: str, path: str) -> bool:
         """Whether this request is screened."""
         return any(route.matches(method, path) for route in self.routes)
+
+    def route(self, method: str, path: str) -> Route | None:
+        """The route that guards this request (the first that matches), if any."""
+        return next((route for route in self.routes if route.matches(method, path)), None)
+
+    def format_of(self, route: Route | None) -> str:
+        """The API spoken on a route: its own format, or else the policy's."""
+        return (route.format if route is not None else None) or self.format
+
+    def formats(self) -> tuple[str, ...]:
+        """Every API format the policy's routes speak, the policy's own first."""
+        return tuple(dict.fromkeys([self.format, *(self.format_of(r) for r in self.routes)]))
 
     def route_for(self, path: str) -> Route | None:
         """The first route whose path covers this one, whatever the method."""
