@@ -170,9 +170,12 @@ class ModerationJudge:
                 raise
             raise mapped from exc
         # The openai SDK's model: dumped by alias, its categories keep their slashes.
-        if hasattr(response, "model_dump"):
-            return response.model_dump(by_alias=True)
-        return response
+        data = response.model_dump(by_alias=True) if hasattr(response, "model_dump") else response
+        for result in data.get("results") or () if isinstance(data, dict) else ():
+            for table in ("categories", "category_scores"):
+                if isinstance(result, dict) and isinstance(result.get(table), dict):
+                    result[table] = _vendor_spelling(result[table])
+        return data
 
 
 def moderation_client(client: ClientChoice, model: str, api_base: str | None) -> ClientName:
@@ -240,6 +243,17 @@ def _hits(result: Any, rules: ModerationRules) -> tuple[list[str], float | None]
     if flagged and not hits and not any(booleans.values()):
         hits.append("")  # flagged, yet no category says why
     return hits, top
+
+
+def _vendor_spelling(table: dict[str, Any]) -> dict[str, Any]:
+    """One entry per category: LiteLLM's objects carry the SDK's field names
+    (``self_harm_intent``) beside the vendor's (``self-harm/intent``)."""
+    vendor = {category_key(name): name for name in table if name in VENDOR_CATEGORIES}
+    return {
+        name: value
+        for name, value in table.items()
+        if name in VENDOR_CATEGORIES or category_key(name) not in vendor
+    }
 
 
 def _table(value: Any, kind: type) -> dict[str, Any] | None:
