@@ -13,6 +13,11 @@ Both map every failure to ``JudgeError``: ``timeout``, ``rate_limited`` (with
 the server's Retry-After), ``http``, or ``parse``. Cancellation is never
 swallowed, and cancelling ``screen`` closes its HTTP request.
 
+With ``format`` other than ``json`` the judge asks a guard model (Llama Guard,
+ShieldGemma, Granite Guardian) its own question and reads its own answer
+(``guard_models``); several questions (one per harm or risk) go concurrently.
+The lean POST (``Connections.post``) is shared with the moderation judge.
+
 The lean path's pool holds at most ``max_connections`` connections (a policy
 field); a call that finds them all busy queues, and reports how long through
 the runner's ``ConnectionWait``, so a saturated pool is not mistaken for a slow
