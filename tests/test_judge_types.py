@@ -25,7 +25,7 @@ from stub_llm import StubLLM
 
 from guardrail import PolicyError, parse_policy
 from guardrail.cli.main import main
-from guardrail.decide.factory import build_judge
+from guardrail.decide.factory import build_judge, unset_api_keys
 from guardrail.decide.screening import judge_once
 from guardrail.judges.base import Judge, JudgeError, JudgeFailure, Verdict
 from guardrail.judges.guard_models import (
@@ -674,3 +674,10 @@ async def test_a_guard_format_through_litellm(
     sent = stub_llm.requests[-1]
     assert sent["chat_template_kwargs"] == {"guardian_config": {"risk_name": "jailbreak"}}
     assert sent["logprobs"] is True and "response_format" not in sent
+
+
+def test_an_unset_moderation_key_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_MODERATION_KEY", raising=False)
+    policy = parse_policy(judges_policy("{type: moderation, api_key_env: NO_SUCH_MODERATION_KEY}"))
+    (warning,) = unset_api_keys(policy)
+    assert "judge 'j'" in warning and "NO_SUCH_MODERATION_KEY" in warning
