@@ -257,7 +257,9 @@ class Server:
 
 
 # What ``Stub.configure`` may set on the child's StubLLM (read afresh per request).
-STUB_SETTINGS = frozenset({"latency_s", "chunk_delay_s", "stream_chunks", "reply"})
+STUB_SETTINGS = frozenset(
+    {"latency_s", "chunk_delay_s", "stream_chunks", "reply", "scores", "logprobs"}
+)
 
 
 def serve_stub(conn: Connection, reply: str | None) -> None:

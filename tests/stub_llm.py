@@ -12,6 +12,15 @@ through plain attributes, read afresh on every request:
 ``held=True`` holds every answer until ``release()``: a test that needs
 requests in flight waits on the stub's counters, never on the clock. Each
 request's body is kept in ``requests`` (the prompts a judge was sent).
+
+It also answers as the vendors' other endpoints do:
+
+- ``POST /v1/moderations`` in OpenAI's moderation shape: ``scores`` (a dict,
+  or a function of the input text) sets category scores, every other one of
+  omni-moderation's categories scores near zero; a category's boolean is its
+  score >= 0.5 and ``flagged`` is any of them (as OpenAI's own thresholds do);
+- ``logprobs``: the first answer token's alternatives (token -> logprob), sent
+  as ``choices[0].logprobs`` when a chat request asks for logprobs, as vLLM does.
 """
 
 from __future__ import annotations
@@ -52,8 +61,12 @@ class StubLLM:
         chunk_delay_s: float = 0.0,
         stream_chunks: int = 4,
         held: bool = False,
+        scores: Mapping[str, float] | Callable[[str], Mapping[str, float]] | None = None,
+        logprobs: Mapping[str, float] | None = None,
     ) -> None:
         self.latency_s = latency_s
+        self.scores = scores
+        self.logprobs = logprobs
         self.reply = reply
         self.status = status
         self.headers: dict[str, str] = dict(headers or {})
@@ -170,7 +183,11 @@ class StubLLM:
 
     async def _serve(self, scope: Message, receive: Receive, send: Send) -> None:
         body = await _read_body(receive)
-        if scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
+        endpoint = scope["path"].rsplit("/", 2)[-2:]
+        if scope["method"] != "POST" or endpoint not in (
+            ["chat", "completions"],
+            ["v1", "moderations"],
+        ):
             await _send(send, 404, b'{"error": {"message": "not found"}}')
             return
         try:
@@ -203,8 +220,13 @@ class StubLLM:
         elif self.status >= 400:
             error = {"message": f"stub error {self.status}", "type": "stub", "code": self.status}
             payload = json.dumps({"error": error}).encode()
+        elif "input" in request and "messages" not in request:
+            payload = json.dumps(_moderation(request, self._scores_for(request))).encode()
         else:
-            payload = json.dumps(_completion(request, self._reply_for(request))).encode()
+            completion = _completion(request, self._reply_for(request))
+            if self.logprobs is not None and request.get("logprobs"):
+                completion["choices"][0]["logprobs"] = _logprobs(self.logprobs)
+            payload = json.dumps(completion).encode()
         await _send(send, self.status, payload, self.headers)
         self.completed += 1
 
@@ -225,6 +247,13 @@ class StubLLM:
                 if not waiter.done():
                     waiter.cancel()
         return released not in done and listener.result()["type"] == "http.disconnect"
+
+    def _scores_for(self, request: dict[str, Any]) -> Mapping[str, float]:
+        scores = self.scores
+        if callable(scores):
+            text = request["input"]
+            return scores(text if isinstance(text, str) else json.dumps(text))
+        return scores or {}
 
     def _reply_for(self, request: dict[str, Any]) -> str:
         reply = self.reply
@@ -338,3 +367,44 @@ def _chunk(
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
+
+
+# omni-moderation-latest's categories, as its API reference lists them.
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
+
+def _moderation(request: dict[str, Any], scores: Mapping[str, float]) -> dict[str, Any]:
+    every = {c: 1.2e-6 for c in MODERATION_CATEGORIES} | dict(scores)
+    booleans = {c: s >= 0.5 for c, s in every.items()}
+    return {
+        "id": "modr-" + "".join(secrets.choice(_BASE62) for _ in range(24)),
+        "model": str(request.get("model", "omni-moderation-latest")),
+        "results": [
+            {
+                "flagged": any(booleans.values()),
+                "categories": booleans,
+                "category_scores": every,
+                "category_applied_input_types": {c: ["text"] for c in every},
+            }
+        ],
+    }
+
+
+def _logprobs(alternatives: Mapping[str, float]) -> dict[str, Any]:
+    ranked = sorted(alternatives.items(), key=lambda item: -item[1])
+    top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in ranked]
+    return {"content": [{**top[0], "top_logprobs": top}]} if top else {"content": []}

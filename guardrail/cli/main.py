@@ -142,6 +142,8 @@ def summary(policy: Policy) -> str:
         spec = policy.judges[screen.judge]
         only = f", only {', '.join(screen.categories)}" if screen.categories else ""
         lines.append(f"    - {screen.judge} ({spec.type}, timeout {screen.timeout_s}s{only})")
+    lines.append("  judges:")
+    lines += [f"    - {name}: {judge_summary(spec)}" for name, spec in policy.judges.items()]
     lines.append(f"  app:       started {_STARTS[policy.input.start_app]}")
     if policy.output is not None:
         out = policy.output
@@ -174,6 +176,37 @@ def _reads(format_name: str) -> str:
 
     adapter = ADAPTERS.get(format_name)
     return str(getattr(adapter, "reads", "every string of the body"))
+
+
+_CLIENTS = {"openai": "openai (lean aiohttp client)", "litellm": "litellm"}
+
+
+def judge_summary(spec: Any) -> str:
+    """One judge as ``check`` shows it: its type, and the client and format it resolved to."""
+    from guardrail.judges.llm import resolved_client
+
+    if spec.type == "llm":
+        client = _CLIENTS[resolved_client(spec.client, spec.model, spec.api_base)]
+        codes = f", codes {','.join(spec.codes)}" if spec.codes else ""
+        where = f" at {spec.api_base}" if spec.api_base else ""
+        return f"llm {spec.model}{where}; client {client}; format {spec.format}{codes}"
+    if spec.type == "moderation":
+        from guardrail.judges.moderation import moderation_client
+
+        client = _CLIENTS[moderation_client(spec.client, spec.model, spec.api_base)]
+        where = f" at {spec.api_base}" if spec.api_base else ""
+        limits = ", ".join(f"{c} >= {t:g}" for c, t in spec.thresholds.items())
+        rule = f"thresholds {limits}" if limits else "the vendor's flags"
+        if spec.threshold is not None:
+            rule += f", others >= {spec.threshold:g}"
+        return f"moderation {spec.model}{where}; client {client}; format moderation ({rule})"
+    if spec.type == "python":
+        return f"python {spec.judge}; in process"
+    if spec.type == "classifier":
+        return f"classifier {spec.model}; ONNX Runtime, in process, batched"
+    if spec.type in ("keywords", "pii", "injection"):
+        return f"{spec.type}; local regexes, in process"
+    return str(spec.type)
 
 
 def _demo(host: str, port: int, policy: str, log_level: str) -> int:

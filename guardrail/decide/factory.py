@@ -18,8 +18,10 @@ from guardrail.policy.models import (
     JudgeSpec,
     KeywordJudgeSpec,
     LLMJudgeSpec,
+    ModerationJudgeSpec,
     PIIJudgeSpec,
     Policy,
+    PythonJudgeSpec,
 )
 from guardrail.policy.models import Screen as ScreenSpec
 
@@ -48,8 +50,20 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
             from guardrail.judges.classifier import ClassifierJudge
 
             return ClassifierJudge.from_spec(name, spec)
+        if isinstance(spec, PythonJudgeSpec):
+            from guardrail.judges.user import PythonJudge
+
+            return PythonJudge(
+                name,
+                path=spec.judge,
+                settings=spec.settings,
+                categories=spec.categories,
+                max_workers=spec.max_workers,
+            )
     except ValueError as exc:  # a pattern the policy check let through, an unusable model
         raise PolicyError.single("<policy>", 0, f"judges.{name}", str(exc)) from None
+    if isinstance(spec, ModerationJudgeSpec):
+        return _moderation_judge(name, spec)
     assert isinstance(spec, LLMJudgeSpec)
     # Imported here: the LLM client stack costs import time only when a policy uses it.
     from guardrail.judges.llm import LLMJudge, load_litellm
@@ -68,6 +82,11 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
         json_schema=spec.json_schema,
         client=spec.client,
         max_connections=spec.max_connections,
+        format=spec.format,
+        codes=spec.codes,
+        threshold=spec.threshold,
+        # A guard model's answer is a few tokens: its format's default, unless set.
+        guard_max_tokens=spec.max_tokens if "max_tokens" in spec.model_fields_set else None,
     )
     if judge.client == "litellm":
         # Now, while the guard is built: on first use it would freeze the event
@@ -76,12 +95,31 @@ def build_judge(name: str, spec: JudgeSpec, *, temperature: float | None = None)
     return judge
 
 
+def _moderation_judge(name: str, spec: ModerationJudgeSpec) -> Judge:
+    from guardrail.judges.llm import load_litellm
+    from guardrail.judges.moderation import ModerationJudge
+
+    judge = ModerationJudge(
+        name=name,
+        model=spec.model,
+        rules=spec.rules(),
+        api_base=spec.api_base,
+        api_key=os.environ.get(spec.api_key_env) if spec.api_key_env else None,
+        timeout_s=3600.0,  # the stage bounds every call, as for LLM judges
+        client=spec.client,
+        max_connections=spec.max_connections,
+    )
+    if judge.client == "litellm":
+        load_litellm()  # now, off the event loop, as for LLM judges
+    return judge
+
+
 def unset_api_keys(policy: Policy) -> list[str]:
     """A warning for each LLM judge whose ``api_key_env`` is not set; each is also logged."""
     found = []
     for name, spec in policy.judges.items():
         if (
-            isinstance(spec, LLMJudgeSpec)
+            isinstance(spec, LLMJudgeSpec | ModerationJudgeSpec)
             and spec.api_key_env
             and not os.environ.get(spec.api_key_env)
         ):

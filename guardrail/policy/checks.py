@@ -46,6 +46,10 @@ def problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
 def answerable(spec: JudgeSpec) -> tuple[str, ...]:
     """Every category a judge can be asked about (and flag)."""
     if spec.type == "llm":
+        return spec.guard_categories()
+    if spec.type == "moderation":
+        return spec.guard_categories()
+    if spec.type == "python":
         return spec.categories
     if spec.type == "pii":
         return tuple(f"pii_{kind}" for kind in spec.kinds)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,6 +25,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+if TYPE_CHECKING:
+    from guardrail.judges.moderation import ModerationRules
 
 from guardrail.judges.categories import category_key
 from guardrail.policy.errors import PolicyError, explain, read_yaml
@@ -128,6 +131,14 @@ class LLMJudgeSpec(_Strict):
     # wait counts against the screen's timeout, and a call that ran out of time
     # mostly waiting fails as reason "pool", apart from a slow vendor ("timeout").
     max_connections: PositiveInt = 1000
+    # How the model is asked and its answer read: json, our own question; or a
+    # guard model's own prompt and grammar (see guardrail.judges.guard_models).
+    format: Literal["json", "llama_guard", "shieldgemma", "granite_guardian"] = "json"
+    # A guard model's codes that count (Llama Guard S1..S14, ShieldGemma's harms,
+    # Granite Guardian's risks); left out: the format's defaults.
+    codes: tuple[str, ...] | None = None
+    # ShieldGemma and Granite Guardian, when the server sends logprobs: P(Yes) that flags.
+    threshold: float = Field(default=0.5, gt=0.0, le=1.0)
 
     @field_validator("categories")
     @classmethod
@@ -136,6 +147,111 @@ class LLMJudgeSpec(_Strict):
         if not keys:
             raise ValueError("list at least one category to ask the judge about")
         return keys
+
+    @model_validator(mode="after")
+    def _format_fields(self) -> LLMJudgeSpec:
+        from guardrail.judges.guard_models import FORMAT_CODES
+
+        if self.format == "json":
+            if self.codes is not None:
+                raise ValueError("codes are for a guard model's format, not format: json")
+            return self
+        if "categories" in self.model_fields_set:
+            raise ValueError(
+                f"format: {self.format} asks the model its own question: pick what counts "
+                "with codes, not categories"
+            )
+        known = FORMAT_CODES[self.format]
+        for code in self.codes or ():
+            if code not in known:
+                raise ValueError(
+                    f"{code!r} is not a {self.format} code; its codes: {', '.join(known)}"
+                )
+        if self.codes is not None and not self.codes:
+            raise ValueError("list at least one code, or leave codes out")
+        return self
+
+    def guard_categories(self) -> tuple[str, ...]:
+        """The categories this judge can flag: asked (json) or its counted codes' (guard)."""
+        if self.format == "json":
+            return self.categories
+        from guardrail.judges.guard_models import categories_of
+
+        return categories_of(self.format, self.codes)
+
+
+class ModerationJudgeSpec(_Strict):
+    """Asks a moderation endpoint (OpenAI's /v1/moderations or alike; others via LiteLLM)."""
+
+    type: Literal["moderation"]
+    model: str = Field(default="omni-moderation-latest", min_length=1)
+    api_base: str | None = None
+    api_key_env: str | None = None
+    client: Literal["auto", "openai", "litellm"] = "auto"
+    # Vendor category (``self-harm/intent``) -> the score that flags it; others
+    # flag by the vendor's own booleans, unless ``threshold`` sets one for all.
+    thresholds: dict[str, Annotated[float, Field(gt=0.0, le=1.0)]] = {}
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    ignore: tuple[str, ...] = ()  # vendor categories that never flag
+    category_map: dict[str, str] = {}  # vendor category -> ours, over the built-in map
+    max_connections: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _known_vendor_categories(self) -> ModerationJudgeSpec:
+        from guardrail.judges.moderation import known_vendor_categories
+
+        known = known_vendor_categories(tuple(self.category_map))
+        for field_name, names in (("thresholds", self.thresholds), ("ignore", self.ignore)):
+            for name in names:
+                if name not in known:
+                    raise ValueError(
+                        f"{field_name}: {name!r} is not a known vendor category (add it to "
+                        f"category_map if your vendor has it); known: {', '.join(known)}"
+                    )
+        return self
+
+    def guard_categories(self) -> tuple[str, ...]:
+        """The categories this judge's flags can name."""
+        return self.rules().categories()
+
+    def rules(self) -> ModerationRules:
+        """The ``ModerationRules`` this entry sets."""
+        from guardrail.judges.moderation import ModerationRules
+
+        return ModerationRules(
+            thresholds=dict(self.thresholds),
+            threshold=self.threshold,
+            ignore=frozenset(self.ignore),
+            category_map=dict(self.category_map),
+        )
+
+
+class PythonJudgeSpec(_Strict):
+    """A judge written by the user, named by import path (``package.module:JudgeClass``)."""
+
+    type: Literal["python"]
+    judge: str = Field(min_length=1)
+    settings: dict[str, Any] = {}  # keyword arguments for the class (or factory)
+    # The categories its flags name; a bare True flags the first one.
+    categories: tuple[str, ...] = ("other",)
+    max_workers: PositiveInt = 4  # threads for a plain (not async) screen()
+
+    @field_validator("categories")
+    @classmethod
+    def _one_spelling(cls, categories: tuple[str, ...]) -> tuple[str, ...]:
+        keys = _category_keys(categories)
+        if not keys:
+            raise ValueError("list at least one category")
+        return keys
+
+    @model_validator(mode="after")
+    def _importable(self) -> PythonJudgeSpec:
+        # Checked at load, so a typo is an error naming the policy line, not a
+        # failure on the first request.
+        from guardrail.judges.user import check_target
+
+        check_target(self.judge, self.settings)
+        return self
 
 
 class ClassifierJudgeSpec(_Strict):
@@ -181,7 +297,13 @@ class ClassifierJudgeSpec(_Strict):
 
 
 JudgeSpec = Annotated[
-    KeywordJudgeSpec | PIIJudgeSpec | InjectionJudgeSpec | LLMJudgeSpec | ClassifierJudgeSpec,
+    KeywordJudgeSpec
+    | PIIJudgeSpec
+    | InjectionJudgeSpec
+    | LLMJudgeSpec
+    | ModerationJudgeSpec
+    | PythonJudgeSpec
+    | ClassifierJudgeSpec,
     Field(discriminator="type"),
 ]
 
