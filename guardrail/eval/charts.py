@@ -157,7 +157,8 @@ def _svg(name: str, height: float, body: str) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" data-plot="{escape(name)}" role="img"'
         f' width="{WIDTH}" height="{height:.0f}" viewBox="0 0 {WIDTH} {height:.0f}">'
-        f"<title>{escape(name)}</title>{body}</svg>"
+        f'<title>{escape(name)}</title><text x="4" y="14" font-size="12" font-weight="bold">'
+        f"{escape(name)}</text>{body}</svg>"
     )
 
 

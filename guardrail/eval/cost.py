@@ -31,11 +31,12 @@ def estimate(policy: Policy, outcomes: Sequence[Outcome]) -> dict[str, Any] | No
     calls: Counter[str] = Counter()
     chars: Counter[str] = Counter()
     for o in outcomes:
-        calls.update(c.judge for c in o.calls if c.judge in llm)
+        calls.update(o.prompts)
         chars.update(o.prompt_chars)
     litellm = _litellm()
     judges: dict[str, Any] = {}
-    total_cost: float | None = 0.0
+    total_cost = 0.0
+    unpriced = []
     for name, spec in llm.items():
         if not calls[name]:
             continue
@@ -51,13 +52,18 @@ def estimate(policy: Policy, outcomes: Sequence[Outcome]) -> dict[str, Any] | No
             "tokens_reported": False,
             "cost_usd": cost,
         }
-        total_cost = None if cost is None or total_cost is None else total_cost + cost
+        if cost is None:
+            unpriced.append(name)
+        else:
+            total_cost += cost
+    priced = len(unpriced) < len(judges)
     return {
         "judges": judges,
-        "cost_usd": total_cost,
-        "per_1000_requests_usd": None if total_cost is None else total_cost / len(outcomes) * 1000,
+        "cost_usd": total_cost if priced else None,
+        "per_1000_requests_usd": total_cost / len(outcomes) * 1000 if priced else None,
+        "unpriced": unpriced,  # judges whose model LiteLLM's map has no price for: not in the total
         "note": "tokens estimated; prices from LiteLLM's bundled map"
-        + ("" if total_cost is not None else " (a model without a price: no total)"),
+        + (f"; not in the map, left out of the total: {', '.join(unpriced)}" if unpriced else ""),
     }
 
 

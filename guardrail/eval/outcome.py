@@ -58,6 +58,7 @@ class Outcome:
     error: str | None = None
     attempts: int = 1
     retry_after_s: float | None = None  # set when the item was rate-limited (429)
+    prompts: dict[str, int] = field(default_factory=dict)  # calls asked of each LLM judge
     prompt_chars: dict[str, int] = field(default_factory=dict)  # text sent to each LLM judge
 
     @property

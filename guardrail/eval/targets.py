@@ -95,14 +95,16 @@ class InProcess:
                 assessment.trigger, panel.ruling.outcome, panel.ended, panel.duration_s
             )
             for seat in panel.seats:
+                # A seat cut off once the vote was settled was still asked: its prompt is billed.
+                self._note_prompt(outcome, seat.judge, text)
                 if seat.result is not None:
                     outcome.calls.append(_call(seat.result, "panel", seat.latency_s))
-                    self._note_prompt(outcome, seat.judge, text)
         return assessment
 
     def _note_prompt(self, outcome: Outcome, judge: str, text: str) -> None:
         if judge in self._llm:  # what the call cost in input: its text (the prompt's frame aside)
             outcome.prompt_chars[judge] = outcome.prompt_chars.get(judge, 0) + len(text)
+            outcome.prompts[judge] = outcome.prompts.get(judge, 0) + 1
 
     async def aclose(self) -> None:
         """Close the judges' clients."""
