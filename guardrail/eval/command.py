@@ -36,9 +36,13 @@ def add_command(commands: Any) -> None:
         description="Run labelled items (JSONL or CSV) through one policy, or two to compare.",
     )
     ev.add_argument(
-        "paths", nargs="+", metavar="POLICY... DATA", help="one or two policies, then the data file"
+        "paths", nargs="*", metavar="POLICY... DATA", help="one or two policies, then the data file"
     )
-    ev.add_argument("--url", help="evaluate through the guarded server at this base URL")
+    # nargs="+": argparse hands positionals that follow an option to that option, so in
+    # "eval POLICY --url URL DATA" DATA lands here; run_command moves it back.
+    ev.add_argument(
+        "--url", nargs="+", metavar="URL", help="evaluate through the guarded server at this URL"
+    )
     ev.add_argument(
         "--concurrency",
         type=_positive,
@@ -73,8 +77,10 @@ def run_command(args: argparse.Namespace) -> int:
     except ImportError:
         print(INSTALL_RICH, file=sys.stderr)
         return 2
+    url, *more = args.url or [None]
+    args.url = url
     try:
-        *policy_paths, data = args.paths
+        *policy_paths, data = [*args.paths, *more] or [""]
         if not 1 <= len(policy_paths) <= 2:
             raise DataError("give one or two policies, then the data file")
         under = _thresholds(args.fail_under)

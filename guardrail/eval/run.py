@@ -74,11 +74,12 @@ class Runner:
         finished: asyncio.Future[Any] = asyncio.gather(*workers)  # fails once a worker raises
         try:
             await asyncio.wait({finished, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            ended = finished.done()  # before the cancelling below, whose errors are ours
         finally:
             for task in [*workers, stopper]:
                 task.cancel()
             await asyncio.gather(*workers, stopper, return_exceptions=True)
-        error = finished.exception() if finished.done() and not finished.cancelled() else None
+        error = finished.exception() if ended and not finished.cancelled() else None
         if error is not None:
             raise error  # a bug, not a stop
         result.stopped = self._stop_reason
