@@ -11,8 +11,9 @@ target ``guardrail eval`` uses, on a JSONL file streamed from disk.
 
 The floor is ``items x latency / concurrency``: every slot busy with a judge
 call all the time. The report prints the measured time over that floor (1.00
-is perfect), the stub's own count of the calls it answered, and what the
-machine was doing.
+is perfect), the stub's own count of the calls it answered, the CPU the
+runner (this process: guard, judges' client, file reading) and the stub spent
+per item, and what the machine was doing.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import GUARDED_POLICY, Column, Stub, Table, machine_line, report_failures
+from harness import (
+    GUARDED_POLICY,
+    Column,
+    CpuMeter,
+    Stub,
+    Table,
+    machine_line,
+    report_failures,
+)
 from prometheus_client import CollectorRegistry
 
 from guardrail.decide.guard import Guard
@@ -73,7 +82,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as folder:
             data = Path(folder) / "items.jsonl"
             write_items(data, items)
+            meter = CpuMeter(stub=[stub.pid])
             wall, summary = asyncio.run(measure(stub.base_url, data, args.concurrency))
+            cpu = meter.stop()
         counters = stub.counters()
     finally:
         stub.stop()
@@ -89,6 +100,9 @@ def main() -> int:
             Column("items/s", 8, ".0f"),
             Column("judge calls", 11, "d"),
             Column("errors", 6, "d"),
+            Column("eval CPU ms/item", 16, ".2f"),
+            Column("stub CPU ms/item", 16, ".2f"),
+            Column("machine busy %", 14, ".0f"),
         ]
     )
     errors = len(summary["errors"])  # type: ignore[arg-type]
@@ -102,6 +116,9 @@ def main() -> int:
         items / wall,
         counters["completed"],
         errors,
+        cpu.own_s / items * 1000,
+        cpu.per_request_ms("stub", items),
+        cpu.machine_pct(),
     )
     table.print("ratio = measured / (items x judge latency / concurrency); 1.00 is the floor")
     if summary["items"] != items:
