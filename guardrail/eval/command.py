@@ -83,6 +83,8 @@ def run_command(args: argparse.Namespace) -> int:
         *policy_paths, data = [*args.paths, *more] or [""]
         if not 1 <= len(policy_paths) <= 2:
             raise DataError("give one or two policies, then the data file")
+        if url and len(policy_paths) > 1:
+            raise DataError("--url measures the one policy the server runs: give one policy")
         under = _thresholds(args.fail_under)
         over = _thresholds(args.fail_over)
         policies = [load_policy(p) for p in policy_paths]
@@ -90,6 +92,9 @@ def run_command(args: argparse.Namespace) -> int:
     except (DataError, PolicyError) as exc:
         print(f"guardrail eval: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("guardrail eval: interrupted while the data was checked", file=sys.stderr)
+        return 130
     names = _names(policies, policy_paths)
     budget = args.retry_budget if args.retry_budget is not None else max(10, total // 10)
     from rich.console import Console
@@ -101,7 +106,11 @@ def run_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    runs = asyncio.run(_evaluate(policies, names, data, total, args, budget, err))
+    try:
+        runs = asyncio.run(_evaluate(policies, names, data, total, args, budget, err))
+    except KeyboardInterrupt:  # Ctrl-C while a guard was built, before any item ran
+        print("guardrail eval: interrupted before the run started", file=sys.stderr)
+        return 130
     return _report(runs, policies, args, under, over)
 
 
