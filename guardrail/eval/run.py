@@ -79,9 +79,10 @@ class Runner:
             for task in [*workers, stopper]:
                 task.cancel()
             await asyncio.gather(*workers, stopper, return_exceptions=True)
-        error = finished.exception() if ended and not finished.cancelled() else None
-        if error is not None:
-            raise error  # a bug, not a stop
+        if finished.done() and not finished.cancelled():
+            error = finished.exception()  # retrieved even when ours, so asyncio does not log it
+            if ended and error is not None:
+                raise error  # a bug, not a stop
         result.stopped = self._stop_reason
         result.wall_s = loop.time() - started
         return result

@@ -171,17 +171,25 @@ class Served:
         return outcome
 
     async def _finish_reason(self, body: dict[str, Any]) -> str | None:
-        known = {k: body.pop(k) for k in ("model", "messages", "stream") if k in body}
-        known.setdefault("model", "eval")
-        if known.get("stream"):
+        # The body goes as it is (the client's low-level post): the server screens
+        # exactly what the item holds, fields the SDK's typed call would not send included.
+        from openai import AsyncStream
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+        if body.get("stream") is True:
             finish = None
-            stream = await self._client.chat.completions.create(**known, extra_body=body)
+            stream = await self._client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=ChatCompletion,
+                stream=True,
+                stream_cls=AsyncStream[ChatCompletionChunk],
+            )
             async for chunk in stream:
                 for choice in chunk.choices:
                     finish = choice.finish_reason or finish
             return finish
-        known.pop("stream", None)
-        completion = await self._client.chat.completions.create(**known, extra_body=body)
+        completion = await self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
         return completion.choices[0].finish_reason if completion.choices else None
 
     async def aclose(self) -> None:
