@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.decide.factory import unset_api_keys
+from guardrail.eval.command import add_command as add_eval_command
+from guardrail.eval.command import run_command as run_eval
 from guardrail.policy.errors import PolicyError
 from guardrail.policy.models import Policy, load_policy
 
@@ -38,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summary(policy := load_policy(args.policy)))
             unset_api_keys(policy)  # logged as warnings: on stderr, logging configured or not
             return 0
+        if args.command == "eval":  # guardrail eval: measure a policy on labelled data
+            return run_eval(args)
         if args.command == "proxy":
             return _proxy(
                 args.upstream, args.host, args.port, args.policy, args.workers, args.log_level
@@ -85,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes; with several, /metrics sums them through"
         " PROMETHEUS_MULTIPROC_DIR, a temporary directory if unset (default: %(default)s)",
     )
+    add_eval_command(commands)
     return parser
 
 
