@@ -11,7 +11,7 @@ from typing import Any
 
 from guardrail.adapters.answer import AnswerParts, split_parts, strings
 from guardrail.adapters.base import BadRequest, ChatRequest, Reply, read_json
-from guardrail.adapters.openai_request import request_text
+from guardrail.adapters.openai_request import request_pieces
 
 # Keys whose strings are not text anyone reads as language: roles, ids, and
 # binary payloads (base64 images or audio would only slow the judges down).
@@ -41,13 +41,14 @@ class OpenAIChat:
         if stream is not None and not isinstance(stream, bool):
             # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
             raise BadRequest("not_chat", "'stream' must be true, false or null")
-        pieces, opaque = request_text(data)
+        strings, pieces, opaque = request_pieces(data)
         model = data.get("model")
         return ChatRequest(
-            text="\n\n".join(pieces),
+            text="\n\n".join(strings),
             stream=stream is True,
             model=model if isinstance(model, str) else None,
             opaque=opaque,
+            pieces=tuple(pieces),
         )
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply:

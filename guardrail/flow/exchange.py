@@ -66,9 +66,7 @@ class GuardedExchange:
             body, app_scope = await self._read()
             request = await parse(self.guard.adapter, body)
             # The receiver reads the query string too: its text is screened with the body.
-            text = self.record.text = "\n".join(
-                filter(None, (request.text, query_text(self.scope)))
-            )
+            self.record.text = "\n".join(filter(None, (request.text, query_text(self.scope))))
         except ClientGone:
             return
         except BadRequest as exc:
@@ -89,7 +87,9 @@ class GuardedExchange:
 
         if self.guard.policy.input.start_app == "parallel":
             start_app()
-        verdict_task = asyncio.ensure_future(self.guard.assess(text))
+        # Screened piece by piece (``Guard.assess_request``): ``text`` is what the panel reads.
+        query = query_text(self.scope)
+        verdict_task = asyncio.ensure_future(self.guard.assess_request(request, query))
         try:
             await self._respond(request, hold, start_app, verdict_task, watcher)
         finally:
@@ -115,7 +115,7 @@ class GuardedExchange:
         self.record.decision = decision = assessment.decision
         if decision in REFUSING:
             await self._cancel_app(self.app_task, "blocked")
-            await self._reply(self.guard.refusal(request))
+            await self._reply(self.guard.refusal(request, assessment))
             return
         if self.app_task is None:  # after_verdict: the request is allowed, start the app now
             if watcher.done():

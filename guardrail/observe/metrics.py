@@ -254,6 +254,26 @@ class GuardrailMetrics:
             registry=registry,
         )
 
+        # Conversations: pieces, the verdict cache (labels: closed sets only).
+        self.cache_lookups = Counter(
+            "guardrail_verdict_cache_lookups",
+            "Pieces looked up in the verdict cache, by result (hit: not screened again).",
+            ["policy", "result"],
+            registry=registry,
+        )
+        self.cache_evictions = Counter(
+            "guardrail_verdict_cache_evictions",
+            "Passed pieces dropped from the in-process verdict cache to stay in its size.",
+            ["policy"],
+            registry=registry,
+        )
+        self.flagged_pieces = Counter(
+            "guardrail_flagged_pieces",
+            "Flags by the role of the piece they name (user, tool, system, ...) and stage.",
+            ["policy", "stage", "role"],
+            registry=registry,
+        )
+
     def prepare(
         self,
         policy: str,
@@ -301,6 +321,9 @@ class GuardrailMetrics:
                 self.panel_abstentions.labels(policy, judge, reason)
         for result in ("success", "failure"):
             self.reloads.labels(policy, result)
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(policy, result)
+        self.cache_evictions.labels(policy)
 
 
 @lru_cache(maxsize=8192)
