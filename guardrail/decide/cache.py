@@ -16,6 +16,7 @@ is screened. It is never an error and never a pass.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -99,7 +100,11 @@ class RedisCache:
     needs it, never at import time.
     """
 
-    _MARK = b"1"  # the only value written; anything else read back is garbage, a miss
+    @staticmethod
+    def _mark(key: str) -> bytes:
+        # The value written is derived from its key, so a server that answers the
+        # same thing to everything (garbage, a stub, a wrong database) is a miss.
+        return hashlib.sha256(b"guardrail-pass\x00" + key.encode()).hexdigest()[:16].encode()
 
     def __init__(
         self,
@@ -130,7 +135,7 @@ class RedisCache:
                 values = await self._redis().mget(list(keys))
             if not isinstance(values, list) or len(values) != len(keys):
                 raise ValueError("not one value per key")
-            found = [value == self._MARK for value in values]
+            found = [value == self._mark(key) for key, value in zip(keys, values, strict=True)]
         except Exception as exc:  # down, slow or garbage: screened, never passed
             log.debug("verdict cache lookup failed: %s", type(exc).__name__)
             found = [False] * len(keys)
@@ -144,7 +149,7 @@ class RedisCache:
             async with asyncio.timeout(self._timeout):
                 pipe = self._redis().pipeline(transaction=False)
                 for key in keys:
-                    pipe.set(key, self._MARK, ex=self._ttl)
+                    pipe.set(key, self._mark(key), ex=self._ttl)
                 await pipe.execute()
         except Exception as exc:  # not remembered: screened again next time
             log.debug("verdict cache write failed: %s", type(exc).__name__)
