@@ -257,7 +257,9 @@ class Server:
 
 
 # What ``Stub.configure`` may set on the child's StubLLM (read afresh per request).
-STUB_SETTINGS = frozenset({"latency_s", "chunk_delay_s", "stream_chunks", "reply"})
+STUB_SETTINGS = frozenset(
+    {"latency_s", "chunk_delay_s", "stream_chunks", "reply", "latency_per_kchar_s"}
+)
 
 
 def serve_stub(conn: Connection, reply: str | None) -> None:
@@ -276,7 +278,12 @@ def serve_stub(conn: Connection, reply: str | None) -> None:
         while (command := conn.recv()) is not None:
             if command == "counters":
                 conn.send(
-                    {"count": stub.count, "completed": stub.completed, "cancelled": stub.cancelled}
+                    {
+                        "count": stub.count,
+                        "completed": stub.completed,
+                        "cancelled": stub.cancelled,
+                        "chars": stub.chars,  # message content received
+                    }
                 )
             else:
                 for name, value in command.items():

@@ -68,6 +68,7 @@ class ChatRequest:
     opaque: int = 0  # binary media parts (images, audio, files) no judge could read
     # The same strings as ``text``, as pieces; empty: the whole text is one piece.
     pieces: tuple[Piece, ...] = ()
+    max_tokens: int | None = None  # the most the app may generate, if the request says
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,12 +43,14 @@ class OpenAIChat:
             raise BadRequest("not_chat", "'stream' must be true, false or null")
         strings, pieces, opaque = request_pieces(data)
         model = data.get("model")
+        limit = data.get("max_completion_tokens", data.get("max_tokens"))
         return ChatRequest(
             text="\n\n".join(strings),
             stream=stream is True,
             model=model if isinstance(model, str) else None,
             opaque=opaque,
             pieces=tuple(pieces),
+            max_tokens=limit if type(limit) is int and limit > 0 else None,
         )
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply:

@@ -56,6 +56,7 @@ class Record:
     outputs: list[Assessment] = field(default_factory=list)  # one per screened answer window
     first_byte_s: float | None = None  # from arrival to the first body byte sent
     stream_cut: str | None = None  # why a streamed answer was cut short
+    app_tokens_saved: int | None = None  # the app's max_tokens when a refusal cancelled it
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +238,8 @@ class Guard:
             child(m.added_latency, policy).observe(record.added_latency_s)
         if record.app_cancelled:
             child(m.app_cancelled, policy, record.app_cancelled).inc()
+        if record.app_tokens_saved:
+            child(m.app_tokens_saved, policy).inc(record.app_tokens_saved)
         if record.rejected:
             child(m.rejected, policy, record.rejected).inc()
         if record.first_byte_s is not None:
@@ -258,6 +261,8 @@ class Guard:
             child(m.judge_duration, policy, result.judge, stage).observe(result.latency_s)
             if result.queued_s:
                 child(m.judge_pool_wait, policy, result.judge, stage).observe(result.queued_s)
+            if result.tokens:
+                child(m.judge_tokens, policy, result.judge, stage).inc(result.tokens)
             if isinstance(result, JudgeFailure):
                 child(m.judge_errors, policy, result.judge, stage, result.reason).inc()
             elif result.flagged:

@@ -30,7 +30,7 @@ from guardrail.judges.prompt import Framed
 
 # Raw characters per unit fed to the windowing: a long piece is cut at most this
 # far past a window's end.
-UNIT_CHARS = 512
+UNIT_CHARS = 256
 _SEPARATOR = "\n\n"  # between pieces, as in the joined request text
 
 

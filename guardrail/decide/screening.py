@@ -32,8 +32,10 @@ from guardrail.judges.base import (
     JudgeError,
     JudgeFailure,
     JudgeResult,
+    JudgeUsage,
     Verdict,
     connection_wait,
+    judge_usage,
 )
 
 log = logging.getLogger("guardrail")
@@ -95,6 +97,8 @@ async def judge_once(
     start = time.perf_counter()
     wait = ConnectionWait()
     token = connection_wait.set(wait)
+    usage = JudgeUsage()
+    usage_token = judge_usage.set(usage)
     try:
         async with asyncio.timeout(timeout_s):
             if gate is None:
@@ -116,6 +120,9 @@ async def judge_once(
         result = JudgeFailure(judge.name, "internal", type(exc).__name__, _since(start))
     finally:
         connection_wait.reset(token)
+        judge_usage.reset(usage_token)
+    if usage.tokens:
+        result = replace(result, tokens=usage.tokens)
     queued = wait.total_s()
     return replace(result, queued_s=queued) if queued else result
 

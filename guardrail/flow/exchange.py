@@ -115,6 +115,8 @@ class GuardedExchange:
         self.record.decision = decision = assessment.decision
         if decision in REFUSING:
             await self._cancel_app(self.app_task, "blocked")
+            if self.record.app_cancelled == "blocked":  # it was generating: what it would have
+                self.record.app_tokens_saved = request.max_tokens
             await self._reply(self.guard.refusal(request, assessment))
             return
         if self.app_task is None:  # after_verdict: the request is allowed, start the app now

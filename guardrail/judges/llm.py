@@ -34,7 +34,13 @@ from typing import Any, Literal
 
 import aiohttp
 
-from guardrail.judges.base import ConnectionWait, JudgeError, Verdict, connection_wait
+from guardrail.judges.base import (
+    ConnectionWait,
+    JudgeError,
+    Verdict,
+    connection_wait,
+    judge_usage,
+)
 from guardrail.judges.prompt import VERDICT_SCHEMA, build_messages, parse_verdict
 
 ClientChoice = Literal["auto", "openai", "litellm"]
@@ -184,6 +190,8 @@ class LLMJudge:
             ) from exc
         except openai.OpenAIError as exc:
             raise JudgeError("http", f"{type(exc).__name__}: {exc}") from exc
+        if (usage := judge_usage.get()) is not None:
+            usage.add(getattr(response, "usage", None))
         try:
             content = response.choices[0].message.content
         except (AttributeError, IndexError, TypeError):
@@ -282,6 +290,8 @@ _LITELLM_UNAWAITED = r"coroutine '\w+\.(acompletion|_?async_completion)\w*' was 
 def _content_of(body: bytes) -> str:
     try:
         data = json.loads(body)
+        if isinstance(data, dict) and (usage := judge_usage.get()) is not None:
+            usage.add(data.get("usage"))
         content = data["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
         raise JudgeError("parse", "response is not a chat completion") from None

@@ -122,10 +122,11 @@ def build_messages(text: str, categories: Sequence[str]) -> list[dict[str, str]]
 
 def _unfenced(text: str, boundary: str) -> str:
     # The nonce is unguessable; stripping it anyway costs nothing. Loop because
-    # a removal can join two halves into a new copy.
-    nonce = boundary[:-5]  # the markers share it: none may appear in the text
+    # a removal can join two halves into a new copy. The whole boundary first,
+    # then the bare nonce (the new-text markers are made from it too).
+    nonce = boundary[:-5]
     while nonce in text:
-        text = text.replace(nonce, "")
+        text = text.replace(boundary, "") if boundary in text else text.replace(nonce, "")
     return text
 
 

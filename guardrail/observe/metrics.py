@@ -267,6 +267,20 @@ class GuardrailMetrics:
             ["policy"],
             registry=registry,
         )
+        self.judge_tokens = Counter(
+            "guardrail_judge_tokens",
+            "Tokens judges were billed for input and output screens, as their providers "
+            "reported (usage); calls cut off before an answer report none.",
+            ["policy", "judge", "stage"],
+            registry=registry,
+        )
+        self.app_tokens_saved = Counter(
+            "guardrail_app_tokens_saved",
+            "App tokens not generated because a refusal cancelled the app: at most the "
+            "request's max_tokens (max_completion_tokens), counted only where it set one.",
+            ["policy"],
+            registry=registry,
+        )
         self.flagged_pieces = Counter(
             "guardrail_flagged_pieces",
             "Flags by the role of the piece they name (user, tool, system, ...) and stage.",
@@ -324,6 +338,7 @@ class GuardrailMetrics:
         for result in ("hit", "miss"):
             self.cache_lookups.labels(policy, result)
         self.cache_evictions.labels(policy)
+        self.app_tokens_saved.labels(policy)
 
 
 @lru_cache(maxsize=8192)
