@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 from guarded import Guarded, guarded_app
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from stub_llm import DEFAULT_REPLY as StubLLMReply
@@ -219,6 +219,30 @@ async def test_invisible_variants_of_a_piece_have_one_key() -> None:
     )
     # The second piece's key holds its context: after other text, it is another piece.
     assert other.keys[1] != plain.keys[1]
+
+
+@settings(max_examples=80)
+@given(
+    st.lists(
+        st.text(st.characters(codec="utf-8"), min_size=1, max_size=80), min_size=1, max_size=4
+    ),
+    st.data(),
+)
+async def test_invisible_characters_anywhere_leave_the_keys_alone(
+    texts: list[str], data: st.DataObject
+) -> None:
+    hidden = []
+    for text in texts:
+        at = data.draw(st.lists(st.integers(0, len(text)), max_size=4))
+        for position in sorted(at, reverse=True):
+            text = text[:position] + data.draw(_invisible) + text[position:]
+        hidden.append(text)
+    plain = await lay_out(_pieces(*texts), window_chars=100, overlap_chars=32, max_raw_bytes=1600)
+    padded = await lay_out(_pieces(*hidden), window_chars=100, overlap_chars=32, max_raw_bytes=1600)
+    # Invisible characters are removed in the reading the key is made from.
+    same = [normalize(a) == normalize(b) for a, b in zip(texts, hidden, strict=True)]
+    assume(all(same))  # (always, so far: the reading drops them wherever they stand)
+    assert plain.keys == padded.keys
 
 
 def test_the_llm_judge_sees_context_fenced_and_the_new_text_marked() -> None:
