@@ -179,9 +179,7 @@ class Guard:
         for planned in plan:
             ok = {c for c in planned.cuts if _passed(next(results, None))}
             for i, key in enumerate(planned.keys):
-                if planned.new[i] and all(
-                    c in ok for c, cut in enumerate(layout.cuts) if i in cut.pieces
-                ):
+                if planned.new[i] and all(c in ok for c in layout.windows_of[i]):
                     passed.append(key)
         await self.cache.remember(passed)
 

@@ -17,6 +17,7 @@ were sent before.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import deque
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from guardrail.adapters.base import Piece
 from guardrail.flow.framing import Unit
 from guardrail.flow.windows import Windows, count
-from guardrail.judges.normalize import readings
+from guardrail.judges.normalize import CHUNK, readings
 from guardrail.judges.prompt import Framed
 
 # Raw characters per unit fed to the windowing: a long piece is cut at most this
@@ -77,6 +78,7 @@ class Layout:
     pieces: tuple[Piece, ...]
     keys: tuple[str, ...]
     cuts: tuple[Cut, ...]
+    windows_of: tuple[tuple[int, ...], ...]  # for each piece, the cuts holding its text
 
 
 async def lay_out(
@@ -93,6 +95,7 @@ async def lay_out(
     cuts: list[Cut] = []
     tail = ""  # the last overlap_chars of the normalised text so far
     fed: deque[tuple[int, str]] = deque()  # units in the window being filled
+    unyielded = 0  # characters worked on since the event loop last had a turn
     for index, piece in enumerate(pieces):
         normal = (await readings(piece.text))[0]
         digest = hashlib.sha256(f"{tail}\x1f{normal}".encode("utf-8", "surrogatepass"))
@@ -106,10 +109,19 @@ async def lay_out(
             window = windows.add(unit)
             if window is not None:
                 cuts.append(_cut(window.text, fed, len(window.release)))
+            unyielded += len(chunk)
+            if unyielded >= CHUNK:
+                # Ten thousand messages or a 1 MiB one: other requests get their turn.
+                await asyncio.sleep(0)
+                unyielded = 0
     if not windows.empty:
         window = windows.close()
         cuts.append(_cut(window.text, fed, len(window.release)))
-    return Layout(tuple(pieces), tuple(keys), tuple(cuts))
+    windows_of: list[list[int]] = [[] for _ in pieces]
+    for c, cut in enumerate(cuts):
+        for i in cut.pieces:
+            windows_of[i].append(c)
+    return Layout(tuple(pieces), tuple(keys), tuple(cuts), tuple(map(tuple, windows_of)))
 
 
 def _cut(text: str, fed: deque[tuple[int, str]], count: int) -> Cut:

@@ -49,7 +49,7 @@ JudgeResult = Verdict | JudgeFailure
 
 
 class JudgeUsage:
-    """Tokens one judge call was billed, as its provider said: the judge writes, its runner reads."""
+    """Tokens a judge call was billed, as its provider said: the judge writes, its runner reads."""
 
     __slots__ = ("tokens",)
 
