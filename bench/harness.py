@@ -258,7 +258,15 @@ class Server:
 
 # What ``Stub.configure`` may set on the child's StubLLM (read afresh per request).
 STUB_SETTINGS = frozenset(
-    {"latency_s", "chunk_delay_s", "stream_chunks", "reply", "scores", "logprobs"}
+    {
+        "latency_s",
+        "chunk_delay_s",
+        "stream_chunks",
+        "reply",
+        "scores",
+        "logprobs",
+        "latency_per_kchar_s",
+    }
 )
 
 
@@ -278,7 +286,12 @@ def serve_stub(conn: Connection, reply: str | None) -> None:
         while (command := conn.recv()) is not None:
             if command == "counters":
                 conn.send(
-                    {"count": stub.count, "completed": stub.completed, "cancelled": stub.cancelled}
+                    {
+                        "count": stub.count,
+                        "completed": stub.completed,
+                        "cancelled": stub.cancelled,
+                        "chars": stub.chars,  # message content received
+                    }
                 )
             else:
                 for name, value in command.items():

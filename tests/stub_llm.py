@@ -63,10 +63,14 @@ class StubLLM:
         held: bool = False,
         scores: Mapping[str, float] | Callable[[str], Mapping[str, float]] | None = None,
         logprobs: Mapping[str, float] | None = None,
+        latency_per_kchar_s: float = 0.0,
     ) -> None:
         self.latency_s = latency_s
         self.scores = scores
         self.logprobs = logprobs
+        # A model reads its input before it answers: this much more per 1,000
+        # characters of message content (benchmarks of long inputs).
+        self.latency_per_kchar_s = latency_per_kchar_s
         self.reply = reply
         self.status = status
         self.headers: dict[str, str] = dict(headers or {})
@@ -83,6 +87,7 @@ class StubLLM:
         self.completed = 0
         self.cancelled = 0
         self.in_flight = 0  # requests received and not yet answered
+        self.chars = 0  # characters of message content received, over all requests
         self.peak = 0  # the most requests ever in flight at once
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -197,6 +202,7 @@ class StubLLM:
             return
         self.requests.append(request)
         self.count += 1
+        self.chars += _content_chars(request)
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
@@ -209,6 +215,8 @@ class StubLLM:
             self.cancelled += 1
             return
         delay = None if self.hang else self.latency_s
+        if delay is not None and self.latency_per_kchar_s:
+            delay += self.latency_per_kchar_s * _content_chars(request) / 1000
         if (delay is None or delay > 0) and await _disconnected_within(receive, delay):
             self.cancelled += 1
             return
@@ -283,6 +291,17 @@ class StubLLM:
         await _sse(send, _chunk(ident, created, model, {}, "stop"))
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         self.completed += 1
+
+
+def _content_chars(request: dict[str, Any]) -> int:
+    messages = request.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    return sum(
+        len(m["content"])
+        for m in messages
+        if isinstance(m, dict) and isinstance(m.get("content"), str)
+    )
 
 
 async def _read_body(receive: Receive) -> bytes:

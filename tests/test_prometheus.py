@@ -319,6 +319,9 @@ def _panel_reply(request: dict[str, Any]) -> str:
     return UNSAFE if "system prompt" in text else SAFE
 
 
+_FRESH = itertools.count()
+
+
 def _play(app: Guarded, screen: StubLLM, upstream: StubLLM, traffic: Traffic) -> float:
     """Send ``traffic``, checking each answer; return when its metrics are all written."""
     client = app.client()
@@ -329,8 +332,10 @@ def _play(app: Guarded, screen: StubLLM, upstream: StubLLM, traffic: Traffic) ->
         )
         return answer.choices[0].finish_reason
 
+    # Each a text not screened before: a piece that passed is not asked about
+    # again (the verdict cache), and the judge counts below expect every one asked.
     for _ in range(traffic.allowed):
-        assert ask(BENIGN) == "stop"
+        assert ask(f"{BENIGN} Question {next(_FRESH)}.") == "stop"
     # A local screen flags first: the slow LLM screen is cut off (no answer to
     # count), and the refusal cancels the app's slow upstream call.
     screen.latency_s = upstream.latency_s = 30.0
@@ -343,7 +348,7 @@ def _play(app: Guarded, screen: StubLLM, upstream: StubLLM, traffic: Traffic) ->
         assert ask(CARD) == "stop"
     screen.latency_s, screen.status = 0.0, 500
     for _ in range(traffic.failed_open):
-        assert ask(BENIGN) == "stop"
+        assert ask(f"{BENIGN} Asked while the judge fails, {next(_FRESH)}.") == "stop"
     screen.status = 200
     for _ in range(traffic.rejected):
         response = httpx.post(

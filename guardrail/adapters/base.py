@@ -30,6 +30,34 @@ class BadRequest(Exception):
         self.status = status
 
 
+# --- pieces: what an adapter yields so each part of a request is screened once ---
+# Roles a piece may name: a closed set, as they become metric labels.
+ROLES = frozenset(
+    {"system", "developer", "user", "assistant", "tool", "function", "tools", "request", "other"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One part of a request a receiver reads as a unit, and where it sits in the body.
+
+    Any adapter can yield them: a message, a content part, a tool call or result,
+    a tool definition, or a top-level field. ``message`` is the index in the API's
+    list of messages (None outside it); ``location`` a JSON path such as
+    ``messages[3].content[1]``; ``role`` one of ``ROLES``.
+    """
+
+    role: str
+    message: int | None
+    location: str
+    text: str
+
+
+def role_of(value: object) -> str:
+    """A message's role as a closed-set label: an unknown role is ``other``."""
+    return value if isinstance(value, str) and value in ROLES else "other"
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """The parts of a chat request the guard needs."""
@@ -41,6 +69,9 @@ class ChatRequest:
     # The answer is fetched later, by another request (a Responses ``background`` run):
     # it never passes through this exchange, so an output stage could not screen it.
     deferred: bool = False
+    # The same strings as ``text``, as pieces; empty: the whole text is one piece.
+    pieces: tuple[Piece, ...] = ()
+    max_tokens: int | None = None  # the most the app may generate, if the request says
 
 
 @dataclass(frozen=True, slots=True)

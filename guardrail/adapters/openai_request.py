@@ -29,7 +29,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from guardrail.adapters.base import BadRequest, ChatRequest, fold_key
+from guardrail.adapters.base import BadRequest, ChatRequest, Piece, fold_key, role_of
 
 # The API's own field names (chat completions, its content parts and tools) and
 # JSON Schema's keywords: fixed words that carry no user text. Any other key is text.
@@ -132,6 +132,25 @@ class _Reading:
         self.fields, self.enums = vocabulary.fields, vocabulary.enums
         self.binary_keys = vocabulary.binary_keys
         self.reference_keys = vocabulary.reference_keys
+        # Where each run of ``pieces`` was read: (first index, JSON location, role, message).
+        self.marks: list[tuple[int, str, str, int | None]] = []
+
+    def mark(self, location: str, role: str, message: int | None = None) -> None:
+        """The strings read from now on belong to the piece at ``location``."""
+        if self.marks and self.marks[-1][0] == len(self.pieces):
+            self.marks.pop()  # the last piece got no text
+        self.marks.append((len(self.pieces), location, role, message))
+
+    def grouped(self) -> list[Piece]:
+        """The strings read, one piece per location (a location's runs joined in order)."""
+        runs: dict[str, list[str]] = {}
+        where: dict[str, tuple[str, int | None]] = {}
+        ends = [start for start, *_ in self.marks[1:]] + [len(self.pieces)]
+        for (start, location, role, message), end in zip(self.marks, ends, strict=True):
+            if start < end:
+                runs.setdefault(location, []).extend(self.pieces[start:end])
+                where[location] = (role, message)
+        return [Piece(*where[at], at, "\n\n".join(texts)) for at, texts in runs.items()]
 
     def value(self, value: Any, key: str | None, parent: str | None) -> None:
         # Recursion is bounded: read_json refused anything nested deeper than MAX_DEPTH.
@@ -256,9 +275,32 @@ CHAT = Vocabulary(_FIELDS, _ENUMS)
 
 def request_text(data: dict[str, Any], vocabulary: Vocabulary = CHAT) -> tuple[list[str], int]:
     """Every string of a request a receiver may read, in order; and its binary parts."""
+    reading = _read(data, vocabulary)
+    return reading.pieces, reading.opaque
+
+
+def request_pieces(
+    data: dict[str, Any], vocabulary: Vocabulary = CHAT
+) -> tuple[list[str], list[Piece], int]:
+    """``request_text``'s strings, the same strings as pieces, and the binary parts.
+
+    A piece is a message, each of its content parts and tool calls, each tool
+    definition, or another top-level field: what a client may drop or resend whole.
+    """
+    reading = _read(data, vocabulary)
+    return reading.pieces, reading.grouped(), reading.opaque
+
+
+# Lists whose items are pieces of their own: a message's, and the request's.
+_PART_LISTS = frozenset({"content", "tool_calls"})
+_DEFINITIONS = frozenset({"tools", "functions"})
+
+
+def _read(data: dict[str, Any], vocabulary: Vocabulary) -> _Reading:
     reading = _Reading(vocabulary)
     fields = vocabulary.fields
     for key, value in data.items():
+        reading.mark(key, "request")
         if (
             key not in fields
             and len(key) <= vocabulary.longest
@@ -271,21 +313,58 @@ def request_text(data: dict[str, Any], vocabulary: Vocabulary = CHAT) -> tuple[l
             reading.text(key)
         if key == "model" and isinstance(value, str) and _MODEL_NAME.fullmatch(value):
             continue
-        reading.value(value, key, None)
-    return reading.pieces, reading.opaque
+        if key == "messages" and isinstance(value, list):
+            for i, message in enumerate(value):
+                _read_message(reading, i, message)
+        elif key in _DEFINITIONS and isinstance(value, list):
+            for j, item in enumerate(value):
+                reading.mark(f"{key}[{j}]", "tools")
+                reading.value([item], key, None)  # one item: read as within its list
+        else:
+            reading.value(value, key, None)
+    return reading
+
+
+def _read_message(reading: _Reading, i: int, message: Any) -> None:
+    """One message, its content parts and tool calls each a piece; read as in the list."""
+    here = f"messages[{i}]"
+    role = role_of(message.get("role")) if isinstance(message, dict) else "other"
+    if not isinstance(message, dict):
+        reading.mark(here, role, i)
+        reading.value([message], "messages", None)
+        return
+    for key, child in message.items():
+        if key in _PART_LISTS and isinstance(child, list):
+            for j, item in enumerate(child):
+                reading.mark(f"{here}.{key}[{j}]", role, i)
+                reading.value({key: [item]}, "messages", None)
+        else:
+            reading.mark(here, role, i)
+            reading.value({key: child}, "messages", None)
 
 
 def read_request(data: dict[str, Any], vocabulary: Vocabulary, *, code: str) -> ChatRequest:
-    """A checked request body as the guard reads it: its text, whether it streams, its model."""
+    """A checked request body as the guard reads it: its text and pieces, whether it
+    streams, its model, and the most the app may generate."""
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):
         # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
         raise BadRequest(code, "'stream' must be true, false or null")
-    pieces, opaque = request_text(data, vocabulary)
+    strings, pieces, opaque = request_pieces(data, vocabulary)
     model = data.get("model")
+    limit = next(
+        (
+            data[k]
+            for k in ("max_completion_tokens", "max_output_tokens", "max_tokens")
+            if k in data
+        ),
+        None,
+    )
     return ChatRequest(
-        text="\n\n".join(pieces),
+        text="\n\n".join(strings),
         stream=stream is True,
         model=model if isinstance(model, str) else None,
         opaque=opaque,
+        pieces=tuple(pieces),
+        max_tokens=limit if type(limit) is int and limit > 0 else None,
     )

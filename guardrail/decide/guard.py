@@ -14,11 +14,15 @@ from typing import Literal
 from prometheus_client import CollectorRegistry
 
 from guardrail.adapters import ADAPTERS, Adapter, ChatRequest, Reply
+from guardrail.adapters.base import Piece
+from guardrail.decide.cache import Counted, MemoryCache, RedisCache, VerdictCache
 from guardrail.decide.decision import Decision
 from guardrail.decide.factory import build_judge, build_panel, build_screens, unset_api_keys
 from guardrail.decide.panel import PanelOutcome, PanelRunner
-from guardrail.decide.screening import Screen, Screening, screen_all
-from guardrail.judges.base import Judge, JudgeFailure
+from guardrail.decide.pieces import Layout, history_before, lay_out
+from guardrail.decide.screening import Job, Screen, Screening, screen_all, screen_jobs
+from guardrail.judges.base import Judge, JudgeFailure, Verdict
+from guardrail.judges.reach import reach
 from guardrail.observe.audit import AuditTrail, build_audit
 from guardrail.observe.metrics import GuardrailMetrics, child, metrics_for
 from guardrail.policy.models import Policy, digest
@@ -52,6 +56,7 @@ class Record:
     outputs: list[Assessment] = field(default_factory=list)  # one per screened answer window
     first_byte_s: float | None = None  # from arrival to the first body byte sent
     stream_cut: str | None = None  # why a streamed answer was cut short
+    app_tokens_saved: int | None = None  # the app's max_tokens when a refusal cancelled it
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,9 @@ class Guard:
     audit: AuditTrail | None = None
     # One adapter per API the policy's routes speak (``adapter`` is the policy's format).
     adapters: dict[str, Adapter] = field(default_factory=dict)
+    cache: VerdictCache | None = None  # pieces that passed (decide.cache)
+    overlap_chars: int = 0  # the context each input window repeats (decide.pieces)
+    cache_prefix: str = ""  # the policy version, so no entry of another policy is used
 
     @classmethod
     def build(cls, policy: Policy, *, registry: CollectorRegistry | None = None) -> Guard:
@@ -87,9 +95,26 @@ class Guard:
         )
         adapters = {name: ADAPTERS[name]() for name in policy.formats()}
         audit = build_audit(policy, metrics)
+        context = policy.input.context_chars
+        # Windows overlap by at least one finding of every input judge (judges.reach).
+        overlap = max(
+            [context, *(reach(policy.judges[s.judge], context) for s in policy.input.screens)]
+        )
+        version = digest(policy.model_dump_json())
         adapter = adapters[policy.format]
         return cls(
-            policy, adapter, screens, output_screens, judges, panel, metrics, audit, adapters
+            policy,
+            adapter,
+            screens,
+            output_screens,
+            judges,
+            panel,
+            metrics,
+            audit,
+            adapters=adapters,
+            cache=_build_cache(policy, metrics),
+            overlap_chars=overlap,
+            cache_prefix=version,
         )
 
     def adapter_for(self, method: str, path: str) -> Adapter:
@@ -97,15 +122,88 @@ class Guard:
         name = self.policy.format_of(self.policy.route(method, path) or self.policy.route_for(path))
         return self.adapters.get(name) or self.adapter
 
-    def refusal(self, request: ChatRequest, adapter: Adapter | None = None) -> Reply:
-        """The policy's refusal, in the API's own shape (the route's ``adapter``)."""
+    def refusal(
+        self,
+        request: ChatRequest,
+        assessment: Assessment | None = None,
+        adapter: Adapter | None = None,
+    ) -> Reply:
+        """The policy's refusal, in the API's own shape (the route's ``adapter``), naming the
+        flagged message if the policy says so."""
         r, adapter = self.policy.refusal, adapter or self.adapter
-        return adapter.refusal(request, message=r.message, shape=r.shape, status=r.status)
+        message = r.message
+        if r.detail and assessment is not None:
+            flagged = sorted(
+                {p.message for p in assessment.screening.flagged_pieces if p.message is not None}
+            )
+            if flagged:
+                named = ", ".join(f"messages[{i}]" for i in flagged)
+                message = f"{message} (flagged: {named})"
+        return adapter.refusal(request, message=message, shape=r.shape, status=r.status)
+
+    async def assess_request(self, request: ChatRequest, query: str = "") -> Assessment:
+        """Screen a request piece by piece, each piece not passed before; decide as ``assess``.
+
+        ``query`` is the URL's query text, screened as one more piece.
+        """
+        pieces = request.pieces or (Piece("request", None, "$", request.text),)
+        if query:
+            pieces = (*pieces, Piece("request", None, "?", query))
+        stage = self.policy.input
+        layout = await lay_out(
+            pieces,
+            window_chars=stage.window_chars,
+            overlap_chars=self.overlap_chars,
+            max_raw_bytes=16 * stage.window_chars,
+        )
+        jobs, plan = await self._jobs(layout)
+        screening = await screen_jobs(jobs, limit=stage.max_concurrency)
+        await self._remember(layout, plan, screening)
+        return await self._decide("\n".join(filter(None, (request.text, query))), screening)
+
+    async def _jobs(self, layout: Layout) -> tuple[list[Job], list[_Planned]]:
+        """Each screen on each window holding a piece it has not passed."""
+        history = history_before(layout.pieces) if self.policy.input.history == "latest_only" else 0
+        jobs: list[Job] = []
+        plan: list[_Planned] = []
+        for n, screen in enumerate(self.screens):
+            prefix = f"{self.cache_prefix}:{n}:{screen.judge.name}:{','.join(screen.asks)}:"
+            keys = [prefix + key for key in layout.keys]
+            known = await self.cache.passed(keys) if self.cache is not None else [False] * len(keys)
+            seen: set[str] = set()
+            new = []
+            for piece, key, hit in zip(layout.pieces, keys, known, strict=True):
+                # A repeat of a piece with the same context is screened once.
+                history_only = piece.message is not None and piece.message < history
+                new.append(not hit and key not in seen and not history_only)
+                seen.add(key)
+            cuts = [c for c, cut in enumerate(layout.cuts) if any(new[i] for i in cut.pieces)]
+            for c in cuts:
+                cut = layout.cuts[c]
+                named = tuple(layout.pieces[i] for i in sorted(cut.pieces) if new[i])
+                jobs.append(Job(screen, cut.passage(new, self.overlap_chars), named))
+            plan.append(_Planned(keys, new, cuts))
+        return jobs, plan
+
+    async def _remember(self, layout: Layout, plan: list[_Planned], screening: Screening) -> None:
+        """Cache each new piece every window of which passed (a definite verdict, not a flag)."""
+        if self.cache is None:
+            return
+        results = iter(screening.by_job)
+        passed: list[str] = []
+        for planned in plan:
+            ok = {c for c in planned.cuts if _passed(next(results, None))}
+            for i, key in enumerate(planned.keys):
+                if planned.new[i] and all(c in ok for c in layout.windows_of[i]):
+                    passed.append(key)
+        await self.cache.remember(passed)
 
     async def assess(self, text: str, stage: Stage = "input") -> Assessment:
         """Screen the text; escalate to the panel where the policy says so; decide."""
         screens = self.screens if stage == "input" else self.output_screens
-        screening = await screen_all(screens, text)
+        return await self._decide(text, await screen_all(screens, text), stage)
+
+    async def _decide(self, text: str, screening: Screening, stage: Stage = "input") -> Assessment:
         policy = self.policy
         if screening.flag is not None:
             if screening.disputable:  # only under on_flag: vote, for judges the panel may overturn
@@ -153,6 +251,8 @@ class Guard:
             child(m.added_latency, policy).observe(record.added_latency_s)
         if record.app_cancelled:
             child(m.app_cancelled, policy, record.app_cancelled).inc()
+        if record.app_tokens_saved:
+            child(m.app_tokens_saved, policy).inc(record.app_tokens_saved)
         if record.rejected:
             child(m.rejected, policy, record.rejected).inc()
         if record.first_byte_s is not None:
@@ -174,11 +274,15 @@ class Guard:
             child(m.judge_duration, policy, result.judge, stage).observe(result.latency_s)
             if result.queued_s:
                 child(m.judge_pool_wait, policy, result.judge, stage).observe(result.queued_s)
+            if result.tokens:
+                child(m.judge_tokens, policy, result.judge, stage).inc(result.tokens)
             if isinstance(result, JudgeFailure):
                 child(m.judge_errors, policy, result.judge, stage, result.reason).inc()
             elif result.flagged:
                 for category in result.categories or ("other",):
                     child(m.flags, policy, stage, result.judge, category).inc()
+        for role in dict.fromkeys(p.role for p in assessment.screening.flagged_pieces):
+            child(m.flagged_pieces, policy, stage, role).inc()
         if assessment.panel is not None and assessment.trigger is not None:
             self._observe_panel(assessment.panel, assessment.trigger, stage)
 
@@ -219,8 +323,48 @@ class Guard:
         """Close the judges' clients and the audit trail (its queued records are written)."""
         if self.audit is not None:
             await self.audit.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
         for judge in self.judges.values():
             await judge.aclose()
         if self.panel is not None:
             for seat in self.panel.judges:
                 await seat.judge.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """One screen's share of a request: its keys, which pieces are new, the windows it sees."""
+
+    keys: list[str]
+    new: list[bool]
+    cuts: list[int]
+
+
+def _passed(result: object) -> bool:
+    return isinstance(result, Verdict) and not result.flagged
+
+
+def _build_cache(policy: Policy, metrics: GuardrailMetrics) -> VerdictCache | None:
+    settings = policy.input.cache
+    if settings.backend == "none":
+        return None
+    lookups = (
+        child(metrics.cache_lookups, policy.name, "hit"),
+        child(metrics.cache_lookups, policy.name, "miss"),
+    )
+
+    def looked_up(hits: int, misses: int) -> None:
+        lookups[0].inc(hits)
+        lookups[1].inc(misses)
+
+    def evicted(n: int) -> None:
+        child(metrics.cache_evictions, policy.name).inc(n)
+
+    counted = Counted(looked_up, evicted)
+    if settings.backend == "redis":
+        assert settings.url is not None  # policy-checked
+        return RedisCache(
+            settings.url, ttl_s=settings.ttl_s, counted=counted, timeout_s=settings.timeout_s
+        )
+    return MemoryCache(settings.entries, counted)

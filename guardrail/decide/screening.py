@@ -10,6 +10,11 @@ must not release what another screen would have caught. So every local screen
 still runs (they cost microseconds), and so does every network screen whose
 flag would be final; network screens the panel may overturn are cut off, and
 the panel is asked their question too (``Screening.flag_question``).
+
+A request is screened as jobs (``screen_jobs``): each screen on each passage
+of the request it must see (``decide.pieces``). All jobs of all screens run at
+once, network calls bounded per request, with the same rules: a final flag
+from any passage settles it and cancels the rest.
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from guardrail.adapters.base import Piece
 from guardrail.judges.base import (
     ConnectionWait,
     Judge,
     JudgeError,
     JudgeFailure,
     JudgeResult,
+    JudgeUsage,
     Verdict,
     connection_wait,
+    judge_usage,
 )
 
 log = logging.getLogger("guardrail")
@@ -58,6 +66,10 @@ class Screening:
     # What the screens with disputable flags asked, and those cut off because of them.
     flag_question: tuple[str, ...] = ()
     failed_question: tuple[str, ...] = ()  # what the screens that failed asked
+    # The pieces the passage that raised ``flag`` holds new text of (attribution).
+    flagged_pieces: tuple[Piece, ...] = ()
+    # Each job's result, in the order of the jobs; None for a job cut off or never run.
+    by_job: tuple[JudgeResult | None, ...] = ()
 
     @property
     def failures(self) -> tuple[JudgeFailure, ...]:
@@ -65,14 +77,35 @@ class Screening:
         return tuple(r for r in self.results if isinstance(r, JudgeFailure))
 
 
-async def judge_once(judge: Judge, text: str, timeout_s: float) -> JudgeResult:
-    """One judge's result, with every failure turned into a ``JudgeFailure`` value."""
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One screen on one passage of the request, and the pieces it screens for the first time."""
+
+    screen: Screen
+    text: str
+    pieces: tuple[Piece, ...] = ()
+
+
+async def judge_once(
+    judge: Judge, text: str, timeout_s: float, gate: asyncio.Semaphore | None = None
+) -> JudgeResult:
+    """One judge's result, with every failure turned into a ``JudgeFailure`` value.
+
+    ``gate`` bounds the calls of one request; waiting for it counts against the
+    timeout, so no request costs more than its judges' timeout.
+    """
     start = time.perf_counter()
     wait = ConnectionWait()
     token = connection_wait.set(wait)
+    usage = JudgeUsage()
+    usage_token = judge_usage.set(usage)
     try:
         async with asyncio.timeout(timeout_s):
-            result: JudgeResult = await judge.screen(text)
+            if gate is None:
+                result: JudgeResult = await judge.screen(text)
+            else:
+                async with gate:
+                    result = await judge.screen(text)
     except TimeoutError:
         if wait.starved(_since(start)):
             detail = f"no free connection within {timeout_s}s"
@@ -87,75 +120,90 @@ async def judge_once(judge: Judge, text: str, timeout_s: float) -> JudgeResult:
         result = JudgeFailure(judge.name, "internal", type(exc).__name__, _since(start))
     finally:
         connection_wait.reset(token)
+        judge_usage.reset(usage_token)
+    if usage.tokens:
+        result = replace(result, tokens=usage.tokens)
     queued = wait.total_s()
     return replace(result, queued_s=queued) if queued else result
 
 
 async def screen_all(screens: Sequence[Screen], text: str) -> Screening:
-    """Run every screen concurrently; stop at the first final flag."""
+    """Run every screen concurrently on one text; stop at the first final flag."""
+    return await screen_jobs([Job(s, text) for s in screens])
+
+
+async def screen_jobs(jobs: Sequence[Job], *, limit: int | None = None) -> Screening:
+    """Run every job concurrently (at most ``limit`` network calls at once); stop at the
+    first final flag."""
+    gate = asyncio.Semaphore(limit) if limit else None
     # Network judges start first, so the local ones cost them no time; the local
     # judges then run right here (a task each would cost more than their work),
     # and a local flag cancels the network calls, most before they are sent.
     tasks = {
-        asyncio.create_task(judge_once(s.judge, text, s.timeout_s)): s
-        for s in screens
-        if not s.judge.inline
+        asyncio.create_task(judge_once(j.screen.judge, j.text, j.screen.timeout_s, gate)): n
+        for n, j in enumerate(jobs)
+        if not j.screen.judge.inline
     }
-    heard: list[tuple[Screen, JudgeResult]] = []
+    heard: list[tuple[int, JudgeResult]] = []
     handed_over: list[Screen] = []  # cut off: the panel is asked their question instead
     try:
-        for screen in screens:
-            if screen.judge.inline:
-                heard.append((screen, await judge_once(screen.judge, text, screen.timeout_s)))
-                if _settles(*heard[-1]):
-                    return _screening(heard, handed_over)
+        for n, job in enumerate(jobs):
+            if job.screen.judge.inline:
+                result = await judge_once(job.screen.judge, job.text, job.screen.timeout_s)
+                heard.append((n, result))
+                if _settles(jobs, *heard[-1]):
+                    return _screening(jobs, heard, handed_over)
         pending = set(tasks)
         while pending:
-            if any(_disputes(*h) for h in heard):
-                for task in [t for t in tasks if t in pending and not tasks[t].final]:
+            if any(_disputes(jobs, *h) for h in heard):
+                for task in [t for t in tasks if t in pending and not jobs[tasks[t]].screen.final]:
                     task.cancel()  # its tokens are saved; the panel answers its question
-                    handed_over.append(tasks[task])
+                    handed_over.append(jobs[tasks[task]].screen)
                     pending.discard(task)
                 if not pending:
                     break
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 heard.append((tasks[task], task.result()))
-                if _settles(*heard[-1]):
-                    return _screening(heard, handed_over)
-        return _screening(heard, handed_over)
+                if _settles(jobs, *heard[-1]):
+                    return _screening(jobs, heard, handed_over)
+        return _screening(jobs, heard, handed_over)
     finally:
         await _cancel(tasks)
 
 
-def _settles(screen: Screen, result: JudgeResult) -> bool:
-    return isinstance(result, Verdict) and result.flagged and screen.final
+def _settles(jobs: Sequence[Job], n: int, result: JudgeResult) -> bool:
+    return isinstance(result, Verdict) and result.flagged and jobs[n].screen.final
 
 
-def _disputes(screen: Screen, result: JudgeResult) -> bool:
-    return isinstance(result, Verdict) and result.flagged and not screen.final
+def _disputes(jobs: Sequence[Job], n: int, result: JudgeResult) -> bool:
+    return isinstance(result, Verdict) and result.flagged and not jobs[n].screen.final
 
 
 def _screening(
-    heard: Sequence[tuple[Screen, JudgeResult]], handed_over: Sequence[Screen]
+    jobs: Sequence[Job], heard: Sequence[tuple[int, JudgeResult]], handed_over: Sequence[Screen]
 ) -> Screening:
     results = tuple(result for _, result in heard)
-    flags = [(s, r) for s, r in heard if isinstance(r, Verdict) and r.flagged]
-    final = [r for s, r in flags if s.final]
+    by_job: list[JudgeResult | None] = [None] * len(jobs)
+    for n, result in heard:
+        by_job[n] = result
+    done = tuple(by_job)
+    flags = [(jobs[n], r) for n, r in heard if isinstance(r, Verdict) and r.flagged]
+    final = [(j, r) for j, r in flags if j.screen.final]
     if final:
-        return Screening(results, final[0])
-    failed = _union(s.asks for s, r in heard if isinstance(r, JudgeFailure))
+        return Screening(results, final[0][1], flagged_pieces=final[0][0].pieces, by_job=done)
+    failed = _union(jobs[n].screen.asks for n, r in heard if isinstance(r, JudgeFailure))
     if not flags:
-        return Screening(results, None, failed_question=failed)
-    asked = _union([*(s.asks for s, _ in flags), *(s.asks for s in handed_over)])
-    return Screening(results, flags[0][1], True, asked, failed)
+        return Screening(results, None, failed_question=failed, by_job=done)
+    asked = _union([*(j.screen.asks for j, _ in flags), *(s.asks for s in handed_over)])
+    return Screening(results, flags[0][1], True, asked, failed, flags[0][0].pieces, done)
 
 
 def _union(questions: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for question in questions for c in question))
 
 
-async def _cancel(tasks: dict[asyncio.Task[JudgeResult], Screen]) -> None:
+async def _cancel(tasks: dict[asyncio.Task[JudgeResult], int]) -> None:
     stragglers = [t for t in tasks if not t.done()]
     for task in stragglers:
         task.cancel()

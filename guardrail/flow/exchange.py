@@ -74,9 +74,7 @@ class GuardedExchange:
                     " send it without 'background'",
                 )
             # The receiver reads the query string too: its text is screened with the body.
-            text = self.record.text = "\n".join(
-                filter(None, (request.text, query_text(self.scope)))
-            )
+            self.record.text = "\n".join(filter(None, (request.text, query_text(self.scope))))
         except ClientGone:
             return
         except BadRequest as exc:
@@ -97,7 +95,9 @@ class GuardedExchange:
 
         if self.guard.policy.input.start_app == "parallel":
             start_app()
-        verdict_task = asyncio.ensure_future(self.guard.assess(text))
+        # Screened piece by piece (``Guard.assess_request``): ``text`` is what the panel reads.
+        query = query_text(self.scope)
+        verdict_task = asyncio.ensure_future(self.guard.assess_request(request, query))
         try:
             await self._respond(request, hold, start_app, verdict_task, watcher)
         finally:
@@ -123,7 +123,9 @@ class GuardedExchange:
         self.record.decision = decision = assessment.decision
         if decision in REFUSING:
             await self._cancel_app(self.app_task, "blocked")
-            await self._reply(self.guard.refusal(request, self.adapter))
+            if self.record.app_cancelled == "blocked":  # it was generating: what it would have
+                self.record.app_tokens_saved = request.max_tokens
+            await self._reply(self.guard.refusal(request, assessment, self.adapter))
             return
         if self.app_task is None:  # after_verdict: the request is allowed, start the app now
             if watcher.done():

@@ -271,7 +271,7 @@ class AnswerScreen:
             await self._cut_stream_body()
             return
         self._started = True
-        for message in self.guard.refusal(self.request, self.adapter).messages():
+        for message in self.guard.refusal(self.request, adapter=self.adapter).messages():
             await self._forward(message)
 
     async def _app_failed(self, reason: str) -> None:

@@ -30,6 +30,7 @@ class Verdict:
     reason: str = ""
     latency_s: float = 0.0
     queued_s: float = 0.0  # of latency_s, the time spent waiting for a free connection
+    tokens: int = 0  # what the provider billed for the call (its usage), where it says
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +42,31 @@ class JudgeFailure:
     detail: str = ""
     latency_s: float = 0.0
     queued_s: float = 0.0  # of latency_s, the time spent waiting for a free connection
+    tokens: int = 0  # what the provider billed for the call, where it answered at all
 
 
 JudgeResult = Verdict | JudgeFailure
+
+
+class JudgeUsage:
+    """Tokens a judge call was billed, as its provider said: the judge writes, its runner reads."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def add(self, usage: object) -> None:
+        """Count a provider's ``usage`` (an object or mapping with ``total_tokens``)."""
+        total = usage.get("total_tokens") if isinstance(usage, dict) else None
+        if total is None:
+            total = getattr(usage, "total_tokens", None)
+        if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+            self.tokens += total
+
+
+# Set by the runner around one judge call, like ``connection_wait``.
+judge_usage: ContextVar[JudgeUsage | None] = ContextVar("judge_usage", default=None)
 
 
 class ConnectionWait:

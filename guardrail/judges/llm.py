@@ -39,7 +39,13 @@ from typing import Any, Literal, TypeVar
 
 import aiohttp
 
-from guardrail.judges.base import ConnectionWait, JudgeError, Verdict, connection_wait
+from guardrail.judges.base import (
+    ConnectionWait,
+    JudgeError,
+    Verdict,
+    connection_wait,
+    judge_usage,
+)
 from guardrail.judges.guard_models import Answer, GuardFormat, Question, guard_format
 from guardrail.judges.prompt import VERDICT_SCHEMA, build_messages, parse_verdict
 
@@ -180,6 +186,8 @@ class LLMJudge:
             if mapped is exc:
                 raise
             raise mapped from exc
+        if (usage := judge_usage.get()) is not None:
+            usage.add(getattr(response, "usage", None))
         try:
             choice = response.choices[0]
             content = choice.message.content
@@ -349,7 +357,10 @@ _LITELLM_UNAWAITED = r"coroutine '\w+\.(acompletion|_?async_completion)\w*' was 
 
 def _choice_of(body: bytes) -> dict[str, Any]:
     try:
-        choice = json.loads(body)["choices"][0]
+        data = json.loads(body)
+        if isinstance(data, dict) and (usage := judge_usage.get()) is not None:
+            usage.add(data.get("usage"))
+        choice = data["choices"][0]
     except (ValueError, KeyError, IndexError, TypeError):
         raise JudgeError("parse", "response is not a chat completion") from None
     if not isinstance(choice, dict):

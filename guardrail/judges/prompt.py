@@ -18,7 +18,36 @@ from typing import Any
 from guardrail.judges.base import JudgeError, Verdict
 from guardrail.judges.categories import OTHER, describe, known_as
 
-__all__ = ["MAX_REASON_CHARS", "OTHER", "VERDICT_SCHEMA", "build_messages", "parse_verdict"]
+__all__ = [
+    "MAX_REASON_CHARS",
+    "OTHER",
+    "VERDICT_SCHEMA",
+    "Framed",
+    "build_messages",
+    "parse_verdict",
+]
+
+
+class Framed(str):
+    """Text to screen that holds context: ``parts`` are its spans, each marked new or not.
+
+    It is the whole text to every judge that reads a string; a chat judge is
+    shown the context as context and asked about the new spans
+    (``build_messages``). A new span may still complete what the context started.
+    """
+
+    parts: tuple[tuple[str, bool], ...]
+
+    def __new__(cls, parts: tuple[tuple[str, bool], ...]) -> Framed:
+        framed = super().__new__(cls, "".join(text for text, _ in parts))
+        framed.parts = parts
+        return framed
+
+    @property
+    def has_context(self) -> bool:
+        """Whether any span is context (else it is plain new text)."""
+        return any(not new for _, new in self.parts)
+
 
 MAX_REASON_CHARS = 200
 
@@ -55,6 +84,16 @@ _USER = """\
 {boundary}
 Classify the text between the two boundary lines. Answer only with the JSON object."""
 
+# With context: the fenced text is part of a conversation; the spans to judge
+# are fenced again inside it, between markers made from the same boundary.
+_CONTEXT = """\
+
+Part of the text is earlier conversation, given as context only. The new \
+text to judge is between lines reading exactly {new_start} and {new_end}. \
+Flag if the new text, read together with the context around it, falls into a \
+category (an instruction split across the context and the new text counts); \
+do not flag for what the context alone says."""
+
 # A single fenced block around the whole answer: ```json ... ``` or ``` ... ```.
 _FENCED = re.compile(r"\A```(?:json)?[ \t]*\n(?P<body>.*?)\n?[ \t]*```\Z", re.DOTALL | re.I)
 
@@ -62,15 +101,33 @@ _FENCED = re.compile(r"\A```(?:json)?[ \t]*\n(?P<body>.*?)\n?[ \t]*```\Z", re.DO
 def build_messages(text: str, categories: Sequence[str]) -> list[dict[str, str]]:
     """Chat messages asking a model to classify ``text`` against ``categories``."""
     boundary = f"=====UNTRUSTED-TEXT-{secrets.token_hex(8)}====="
-    # The nonce is unguessable; stripping it anyway costs nothing. Loop because
-    # a removal can join two halves into a new copy.
-    while boundary in text:
-        text = text.replace(boundary, "")
     listed = "\n".join(f"- {describe(c)}" for c in categories or (OTHER,))
+    system = _SYSTEM.format(categories=listed, boundary=boundary)
+    if isinstance(text, Framed) and text.has_context:
+        new_start, new_end = f"{boundary[:-5]}-NEW-START=====", f"{boundary[:-5]}-NEW-END====="
+        system += _CONTEXT.format(new_start=new_start, new_end=new_end)
+        text = "".join(
+            f"\n{new_start}\n{_unfenced(span, boundary)}\n{new_end}\n"
+            if new
+            else _unfenced(span, boundary)
+            for span, new in text.parts
+        )
+    else:
+        text = _unfenced(text, boundary)
     return [
-        {"role": "system", "content": _SYSTEM.format(categories=listed, boundary=boundary)},
+        {"role": "system", "content": system},
         {"role": "user", "content": _USER.format(boundary=boundary, text=text)},
     ]
+
+
+def _unfenced(text: str, boundary: str) -> str:
+    # The nonce is unguessable; stripping it anyway costs nothing. Loop because
+    # a removal can join two halves into a new copy. The whole boundary first,
+    # then the bare nonce (the new-text markers are made from it too).
+    nonce = boundary[:-5]
+    while nonce in text:
+        text = text.replace(boundary, "") if boundary in text else text.replace(nonce, "")
+    return text
 
 
 def parse_verdict(

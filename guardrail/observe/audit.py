@@ -92,6 +92,11 @@ def _stage(assessment: Assessment) -> dict[str, Any]:
         "decision": assessment.decision,
         "screens": [_result(r) for r in results],
         "panel": _panel(assessment.panel, assessment.trigger) if assessment.panel else None,
+        # The pieces the flag names: where in the request, never their text.
+        "flagged_pieces": [
+            {"role": p.role, "message": p.message, "location": p.location}
+            for p in assessment.screening.flagged_pieces
+        ],
     }
 
 

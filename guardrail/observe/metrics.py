@@ -254,6 +254,40 @@ class GuardrailMetrics:
             registry=registry,
         )
 
+        # Conversations: pieces, the verdict cache (labels: closed sets only).
+        self.cache_lookups = Counter(
+            "guardrail_verdict_cache_lookups",
+            "Pieces looked up in the verdict cache, by result (hit: not screened again).",
+            ["policy", "result"],
+            registry=registry,
+        )
+        self.cache_evictions = Counter(
+            "guardrail_verdict_cache_evictions",
+            "Passed pieces dropped from the in-process verdict cache to stay in its size.",
+            ["policy"],
+            registry=registry,
+        )
+        self.judge_tokens = Counter(
+            "guardrail_judge_tokens",
+            "Tokens judges were billed for input and output screens, as their providers "
+            "reported (usage); calls cut off before an answer report none.",
+            ["policy", "judge", "stage"],
+            registry=registry,
+        )
+        self.app_tokens_saved = Counter(
+            "guardrail_app_tokens_saved",
+            "App tokens not generated because a refusal cancelled the app: at most the "
+            "request's max_tokens (max_completion_tokens), counted only where it set one.",
+            ["policy"],
+            registry=registry,
+        )
+        self.flagged_pieces = Counter(
+            "guardrail_flagged_pieces",
+            "Flags by the role of the piece they name (user, tool, system, ...) and stage.",
+            ["policy", "stage", "role"],
+            registry=registry,
+        )
+
     def prepare(
         self,
         policy: str,
@@ -301,6 +335,10 @@ class GuardrailMetrics:
                 self.panel_abstentions.labels(policy, judge, reason)
         for result in ("success", "failure"):
             self.reloads.labels(policy, result)
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(policy, result)
+        self.cache_evictions.labels(policy)
+        self.app_tokens_saved.labels(policy)
 
 
 @lru_cache(maxsize=8192)

@@ -390,8 +390,41 @@ class Screen(_Strict):
         return _category_keys(categories)
 
 
+# --- conversations: pieces, context, the verdict cache (see README "Conversations") ---
+
+
+class VerdictCacheSettings(_Strict):
+    """Where passed pieces are remembered, so a resent conversation is not screened again."""
+
+    # memory: a bounded LRU in this process; redis: shared by replicas (the
+    # ``redis`` extra); none: every piece is screened every time.
+    backend: Literal["memory", "redis", "none"] = "memory"
+    entries: PositiveInt = 100_000  # memory: keys kept, least recently used evicted first
+    url: str | None = None  # redis: redis://host:port/db
+    ttl_s: PositiveInt = 86_400  # redis: how long a pass is kept
+    timeout_s: PositiveFloat = 0.05  # redis: slower than this is a miss
+
+    @model_validator(mode="after")
+    def _redis_has_url(self) -> VerdictCacheSettings:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("the redis backend needs a url")
+        return self
+
+
 class InputStage(_Strict):
     """The screens run on the request, concurrently with the app unless told otherwise."""
+
+    # Conversations: the request is screened as pieces (messages, content parts,
+    # tool calls and results, tool definitions), cut into windows of
+    # window_chars normalised characters, each with the context_chars before it.
+    window_chars: PositiveInt = 4_000
+    context_chars: int = Field(default=512, ge=0)
+    max_concurrency: PositiveInt = 32  # network judge calls of one request at once
+    # all: every piece not screened before is screened, history included (a
+    # flagged history piece blocks: the app would send it to its model again).
+    # latest_only: pieces before the last user message are context only.
+    history: Literal["all", "latest_only"] = "all"
+    cache: VerdictCacheSettings = VerdictCacheSettings()
 
     screens: tuple[Screen, ...] = Field(min_length=1)
     # When the app (or the proxy's forward to the upstream) is started.
@@ -437,6 +470,9 @@ class Refusal(_Strict):
     # completion: a normal chat completion with finish_reason "content_filter";
     # error: an API error body (for clients that treat refusals as errors).
     shape: Literal["completion", "error"] = "completion"
+    # Name the flagged message (its index in the request's messages) in the
+    # refusal, so a client can drop it and go on.
+    detail: bool = False
 
 
 class PanelSeat(_Strict):

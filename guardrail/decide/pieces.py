@@ -1,0 +1,137 @@
+"""A request's pieces cut into passages, and which passages each screen must see.
+
+Pure but for the event-loop turns normalising takes. The pieces, in body order,
+make one text; ``flow.windows.Windows`` (the output stage's windowing) cuts it
+into windows counted in normalised characters, each repeating the last
+``overlap`` characters before it. So a long piece is several windows screened
+side by side, and many small pieces share one.
+
+Each piece has a key: a hash of its normalised text and of the ``overlap``
+normalised characters before it. A screen that passed a piece under that key
+need not see it again; a window is screened when it holds a piece the screen
+has not passed. Because the key holds the context too, a piece that moved
+next to new text is new again: an attack split across two pieces is always
+seen whole by one window (if no longer than ``overlap``), however the pieces
+were sent before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from guardrail.adapters.base import Piece
+from guardrail.flow.framing import Unit
+from guardrail.flow.windows import Windows, count
+from guardrail.judges.normalize import CHUNK, readings
+from guardrail.judges.prompt import Framed
+
+# Raw characters per unit fed to the windowing: a long piece is cut at most this
+# far past a window's end.
+UNIT_CHARS = 256
+_SEPARATOR = "\n\n"  # between pieces, as in the joined request text
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """One window of the request: its context, then its units (piece index, raw text)."""
+
+    context: str
+    units: tuple[tuple[int, str], ...]
+
+    @property
+    def pieces(self) -> frozenset[int]:
+        """The pieces it holds text of."""
+        return frozenset(i for i, _ in self.units)
+
+    def passage(self, new: Sequence[bool], context_chars: int) -> Framed:
+        """The text a judge screens: new pieces marked, after ``context_chars`` of context.
+
+        Text before the first new piece was screened before, with its own context:
+        only its last ``context_chars`` (normalised, whole units) are repeated, so
+        what a judge reads per turn stays flat however long the window's history.
+        Old text after a new piece is kept whole: it may complete what the new began.
+        """
+        first = next(k for k, (i, _) in enumerate(self.units) if new[i])
+        start, seen = first, 0
+        while start > 0 and seen < context_chars:
+            start -= 1
+            seen += count(self.units[start][1])
+        parts: list[tuple[str, bool]] = []
+        if seen < context_chars and self.context:
+            parts.append((self.context, False))
+        for i, text in self.units[start:]:
+            if parts and parts[-1][1] == new[i]:
+                parts[-1] = (parts[-1][0] + text, new[i])
+            else:
+                parts.append((text, new[i]))
+        return Framed(tuple(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A request cut for screening: each piece's key, and the windows."""
+
+    pieces: tuple[Piece, ...]
+    keys: tuple[str, ...]
+    cuts: tuple[Cut, ...]
+    windows_of: tuple[tuple[int, ...], ...]  # for each piece, the cuts holding its text
+
+
+async def lay_out(
+    pieces: Sequence[Piece], *, window_chars: int, overlap_chars: int, max_raw_bytes: int
+) -> Layout:
+    """Key every piece and cut the pieces into overlapping windows."""
+    windows = Windows(
+        window_chars=window_chars,
+        overlap_chars=overlap_chars,
+        hold_back=False,
+        max_raw_bytes=max_raw_bytes,
+    )
+    keys: list[str] = []
+    cuts: list[Cut] = []
+    tail = ""  # the last overlap_chars of the normalised text so far
+    fed: deque[tuple[int, str]] = deque()  # units in the window being filled
+    unyielded = 0  # characters worked on since the event loop last had a turn
+    for index, piece in enumerate(pieces):
+        normal = (await readings(piece.text))[0]
+        digest = hashlib.sha256(f"{tail}\x1f{normal}".encode("utf-8", "surrogatepass"))
+        keys.append(digest.hexdigest())
+        tail = f"{tail} {normal}"[-overlap_chars:] if overlap_chars else ""
+        text = piece.text if index == len(pieces) - 1 else piece.text + _SEPARATOR
+        for start in range(0, len(text), UNIT_CHARS):
+            chunk = text[start : start + UNIT_CHARS]
+            fed.append((index, chunk))
+            unit = Unit(chunk.encode("utf-8", "surrogatepass"), (("request", chunk),))
+            window = windows.add(unit)
+            if window is not None:
+                cuts.append(_cut(window.text, fed, len(window.release)))
+            unyielded += len(chunk)
+            if unyielded >= CHUNK:
+                # Ten thousand messages or a 1 MiB one: other requests get their turn.
+                await asyncio.sleep(0)
+                unyielded = 0
+    if not windows.empty:
+        window = windows.close()
+        cuts.append(_cut(window.text, fed, len(window.release)))
+    windows_of: list[list[int]] = [[] for _ in pieces]
+    for c, cut in enumerate(cuts):
+        for i in cut.pieces:
+            windows_of[i].append(c)
+    return Layout(tuple(pieces), tuple(keys), tuple(cuts), tuple(map(tuple, windows_of)))
+
+
+def _cut(text: str, fed: deque[tuple[int, str]], count: int) -> Cut:
+    units = tuple(fed.popleft() for _ in range(count))
+    own = sum(len(chunk) for _, chunk in units)
+    # Windows puts the channel's context first, then the units' text.
+    return Cut(text[: len(text) - own], units)
+
+
+def history_before(pieces: Sequence[Piece]) -> int:
+    """The index of the last user message: what ``history: latest_only`` calls history is before."""
+    users = [p.message for p in pieces if p.role == "user" and p.message is not None]
+    return max(users, default=0)
