@@ -24,6 +24,9 @@ class AnswerParts:
     side: tuple[str, ...] = ()
     ident: str | None = None  # the answer's own id, reused by a refusal that ends its stream
     model: str | None = None
+    # Where the event moves the stream in the API's grammar (adapter-defined, e.g. a
+    # block started): a refusal that cuts the stream continues from the released steps.
+    step: str | None = None
 
     def text(self) -> str:
         """Everything, as one text: each channel's pieces joined, then the side values."""

@@ -76,7 +76,7 @@ class Adapter(Protocol):
 
     def answer_parts(self, body: bytes) -> AnswerParts: ...
 
-    def event_parts(self, data: str) -> AnswerParts | None: ...
+    def event_parts(self, data: str, event: str | None = None) -> AnswerParts | None: ...
 
     def stream_refusal(
         self,
@@ -86,6 +86,7 @@ class Adapter(Protocol):
         ident: str | None = None,
         model: str | None = None,
         newline: bool = False,
+        steps: tuple[str, ...] = (),
     ) -> bytes: ...
 
 

@@ -103,10 +103,11 @@ class OpenAIChat:
         parts = self.event_parts(data)
         return data if parts is None else parts.text()
 
-    def event_parts(self, data: str) -> AnswerParts | None:
+    def event_parts(self, data: str, event: str | None = None) -> AnswerParts | None:
         """Every string of one chunk: what choices stream is a flow, the rest side values.
 
         None when ``data`` is not JSON: the client cannot read it as we would.
+        Chunks stand alone: the ``event`` name and the stream's ``steps`` change nothing.
         """
         try:
             value = json.loads(data, parse_constant=_constant)
@@ -122,6 +123,7 @@ class OpenAIChat:
         ident: str | None = None,
         model: str | None = None,
         newline: bool = False,
+        steps: tuple[str, ...] = (),
     ) -> bytes:
         """The events that end a cut stream: a content_filter chunk, then [DONE].
 

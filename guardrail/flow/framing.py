@@ -43,11 +43,16 @@ class Unit:
     unreadable: bool = False  # we cannot read it as the client will: the fail mode decides
     ident: str | None = None
     model: str | None = None
+    step: str | None = None  # where the event moves the stream (see ``AnswerParts.step``)
 
     @property
     def has_text(self) -> bool:
         """Whether there is anything to screen in it."""
         return any(text for _, text in self.flows) or any(self.side)
+
+
+# An event's data and its ``event:`` name (None: none given) -> its parts, None: unreadable.
+ParseEvent = Callable[[str, str | None], AnswerParts | None]
 
 
 class Framer(Protocol):
@@ -77,9 +82,7 @@ def looks_like_sse(prefix: bytes, *, final: bool = False) -> bool | None:
 class SSEFramer:
     """Server-sent events: one unit per event (its lines up to an empty line)."""
 
-    def __init__(
-        self, parse_data: Callable[[str], AnswerParts | None], *, max_event_bytes: int
-    ) -> None:
+    def __init__(self, parse_data: ParseEvent, *, max_event_bytes: int) -> None:
         self._parse = parse_data
         self._max = max_event_bytes
         self._buffer = b""
@@ -139,8 +142,11 @@ class SSEFramer:
             return Unit(raw, unreadable=True)
         data: list[str] = []
         lines: list[Flow] = []
+        event: str | None = None  # the last event: line names the event, as clients read it
         for line in self._lines:
             field, colon, value = line.partition(":")
+            if field == "event":
+                event = value.removeprefix(" ")
             if colon and field == "data":
                 data.append(value.removeprefix(" "))
             elif field == "data":  # "data" alone: an empty data line
@@ -154,12 +160,11 @@ class SSEFramer:
         joined = "\n".join(data)
         if joined.strip() == "[DONE]":
             return Unit(raw, flows=tuple(lines), done=True)
-        parts = self._parse(joined)
+        parts = self._parse(joined, event)
         if parts is None:
             return Unit(raw, unreadable=True)
-        return Unit(
-            raw, tuple(lines) + parts.flows, parts.side, ident=parts.ident, model=parts.model
-        )
+        flows = tuple(lines) + parts.flows
+        return Unit(raw, flows, parts.side, ident=parts.ident, model=parts.model, step=parts.step)
 
     @staticmethod
     def _decode(line: bytes) -> str:
@@ -183,7 +188,7 @@ class TextFramer:
         return [Unit(b"", ((TEXT, tail),))] if tail else []
 
 
-def whole_parts(body: bytes, parse_data: Callable[[str], AnswerParts | None]) -> list[Unit]:
+def whole_parts(body: bytes, parse_data: ParseEvent) -> list[Unit]:
     """A complete SSE body, cut into its events."""
     framer = SSEFramer(parse_data, max_event_bytes=len(body) + 1)
     return framer.feed(body) + framer.flush()

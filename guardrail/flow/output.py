@@ -105,6 +105,7 @@ class AnswerScreen:
         self._ident: str | None = None
         self._model: str | None = None
         self._released_text = False
+        self._released_steps: list[str] = []  # the stream grammar's steps the client has seen
 
     async def feed(self, message: Message) -> None:
         """One message from the app, in order."""
@@ -412,6 +413,8 @@ class AnswerScreen:
         if unit.raw:
             await self._send({"type": "http.response.body", "body": unit.raw, "more_body": True})
             self._released_text = self._released_text or any(t.strip() for _, t in unit.flows)
+            if unit.step is not None:
+                self._released_steps.append(unit.step)
 
     async def _send_start(self) -> None:
         if not self._started and self._start_message is not None:
@@ -449,6 +452,7 @@ class AnswerScreen:
                 ident=self._ident,
                 model=self._model,
                 newline=self._released_text,
+                steps=tuple(self._released_steps),
             )
         else:
             refusal = f"\n{message}\n".encode()

@@ -331,7 +331,7 @@ class Policy(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     routes: tuple[Route, ...] = Field(min_length=1)
-    format: Literal["openai_chat"] = "openai_chat"
+    format: Literal["openai_chat", "anthropic_messages"] = "openai_chat"
     max_body_bytes: PositiveInt = 1_048_576
     judges: dict[str, JudgeSpec] = Field(min_length=1)
     input: InputStage
