@@ -160,6 +160,11 @@ def request_text(data: dict[str, Any]) -> tuple[list[str], int]:
 class AnthropicMessages:
     """Adapter for the Anthropic Messages API."""
 
+    event_names = frozenset(
+        """message_start content_block_start content_block_delta content_block_stop
+        message_delta message_stop ping error""".split()
+    )
+
     def parse_request(self, body: bytes) -> ChatRequest:
         """Every string of the request a receiver may read (see the module's docstring)."""
         data = read_json(body)
@@ -226,17 +231,16 @@ class AnthropicMessages:
     def event_parts(self, data: str, event: str | None = None) -> AnswerParts | None:
         """Every string of one event: what a block streams is a flow, the rest side values.
 
-        None when ``data`` is not JSON, or its ``type`` is not the ``event:`` name
-        (clients that act on one or the other would read different streams).
+        None when ``data`` is not JSON, or its ``type`` is not the ``event:`` name:
+        clients that act on one or the other would read different streams, and the
+        SDKs skip data with no name (an OpenAI chunk, say) that raw readers show.
         """
         value = _loads(data)
-        if value is _NOT_JSON:
-            return None
         kind = value.get("type") if isinstance(value, dict) else None
-        if event is not None and event != "ping" and event != kind:
+        if value is _NOT_JSON or event is None or event != kind:
             return None
         parts = _parts(value)
-        step = _step(value) if event is not None and event not in ("ping", "error") else None
+        step = _step(value) if event not in ("ping", "error") else None
         return AnswerParts(parts.flows, parts.side, parts.ident, parts.model, step)
 
     def stream_refusal(

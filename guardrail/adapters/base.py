@@ -64,6 +64,9 @@ class Reply:
 class Adapter(Protocol):
     """Reads one API's request bodies and speaks its refusals and errors."""
 
+    # The ``event:`` names of the API's streams: known values, so not text to screen.
+    event_names: frozenset[str]
+
     def parse_request(self, body: bytes) -> ChatRequest: ...
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply: ...

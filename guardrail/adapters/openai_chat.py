@@ -24,6 +24,8 @@ _JSON = [(b"content-type", b"application/json")]
 class OpenAIChat:
     """Adapter for the OpenAI chat completions API."""
 
+    event_names: frozenset[str] = frozenset()  # chunks carry no event names
+
     def parse_request(self, body: bytes) -> ChatRequest:
         """Every string of the request a receiver may read, in order (see ``openai_request``)."""
         data = read_json(body)

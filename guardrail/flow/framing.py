@@ -82,8 +82,15 @@ def looks_like_sse(prefix: bytes, *, final: bool = False) -> bool | None:
 class SSEFramer:
     """Server-sent events: one unit per event (its lines up to an empty line)."""
 
-    def __init__(self, parse_data: ParseEvent, *, max_event_bytes: int) -> None:
+    def __init__(
+        self,
+        parse_data: ParseEvent,
+        *,
+        max_event_bytes: int,
+        event_names: frozenset[str] = frozenset(),
+    ) -> None:
         self._parse = parse_data
+        self._names = event_names  # the API's own event names: known values, not text
         self._max = max_event_bytes
         self._buffer = b""
         self._scan = 0  # where the next unread line starts in the buffer
@@ -147,6 +154,8 @@ class SSEFramer:
             field, colon, value = line.partition(":")
             if field == "event":
                 event = value.removeprefix(" ")
+                if event in self._names:
+                    continue
             if colon and field == "data":
                 data.append(value.removeprefix(" "))
             elif field == "data":  # "data" alone: an empty data line
@@ -188,7 +197,9 @@ class TextFramer:
         return [Unit(b"", ((TEXT, tail),))] if tail else []
 
 
-def whole_parts(body: bytes, parse_data: ParseEvent) -> list[Unit]:
+def whole_parts(
+    body: bytes, parse_data: ParseEvent, event_names: frozenset[str] = frozenset()
+) -> list[Unit]:
     """A complete SSE body, cut into its events."""
-    framer = SSEFramer(parse_data, max_event_bytes=len(body) + 1)
+    framer = SSEFramer(parse_data, max_event_bytes=len(body) + 1, event_names=event_names)
     return framer.feed(body) + framer.flush()

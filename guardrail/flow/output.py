@@ -234,7 +234,7 @@ class AnswerScreen:
         """The text of a complete answer, the body to release, and whether all of it was read."""
         parse = self.guard.adapter.event_parts
         if self._sse_header or looks_like_sse(body, final=True):
-            units = whole_parts(body, parse)
+            units = whole_parts(body, parse, self.guard.adapter.event_names)
             readable = [u for u in units if not u.unreadable]
             # Fail-open: what cannot be read is stripped, never passed unscreened.
             body = b"".join(u.raw for u in readable)
@@ -332,7 +332,11 @@ class AnswerScreen:
             self._framer = TextFramer()  # unused: marks the framing as decided
             return
         self._framer = (
-            SSEFramer(self.guard.adapter.event_parts, max_event_bytes=self.stage.max_event_bytes)
+            SSEFramer(
+                self.guard.adapter.event_parts,
+                max_event_bytes=self.stage.max_event_bytes,
+                event_names=self.guard.adapter.event_names,
+            )
             if sse
             else TextFramer()
         )
