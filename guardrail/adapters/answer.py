@@ -9,6 +9,7 @@ as a value on its own, so each is screened whole where it appears.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -70,3 +71,18 @@ def split_parts(
         else:
             flows.append((channel, text))
     return flows, side
+
+
+NOT_JSON: Any = object()  # what ``read_answer`` returns for text that is not JSON
+
+
+def read_answer(data: str) -> Any:
+    """An answer's (or event's) JSON value, or ``NOT_JSON`` (NaN and Infinity are not JSON)."""
+    try:
+        return json.loads(data, parse_constant=_not_a_constant)
+    except (ValueError, RecursionError):
+        return NOT_JSON
+
+
+def _not_a_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -27,7 +27,7 @@ import re
 import uuid
 from typing import Any
 
-from guardrail.adapters.answer import AnswerParts, split_parts, strings
+from guardrail.adapters.answer import NOT_JSON, AnswerParts, read_answer, split_parts, strings
 from guardrail.adapters.base import BadRequest, ChatRequest, Reply, fold_key, read_json
 
 _FIELDS = frozenset(
@@ -164,6 +164,7 @@ class AnthropicMessages:
         """message_start content_block_start content_block_delta content_block_stop
         message_delta message_stop ping error""".split()
     )
+    framing = "sse"
 
     def parse_request(self, body: bytes) -> ChatRequest:
         """Every string of the request a receiver may read (see the module's docstring)."""
@@ -220,8 +221,8 @@ class AnthropicMessages:
     def answer_parts(self, body: bytes) -> AnswerParts:
         """Every string of a complete answer; a body that is not JSON is screened as it is."""
         raw = body.decode("utf-8", "replace")
-        value = _loads(raw)
-        return AnswerParts(side=(raw,)) if value is _NOT_JSON else _parts(value)
+        value = read_answer(raw)
+        return AnswerParts(side=(raw,)) if value is NOT_JSON else _parts(value)
 
     def event_text(self, data: str) -> str:
         """The text of one streamed event (see ``event_parts``); not JSON: as it is."""
@@ -235,9 +236,9 @@ class AnthropicMessages:
         clients that act on one or the other would read different streams, and the
         SDKs skip data with no name (an OpenAI chunk, say) that raw readers show.
         """
-        value = _loads(data)
+        value = read_answer(data)
         kind = value.get("type") if isinstance(value, dict) else None
-        if value is _NOT_JSON or event is None or event != kind:
+        if value is NOT_JSON or event is None or event != kind:
             return None
         parts = _parts(value)
         step = _step(value) if event not in ("ping", "error") else None
@@ -317,20 +318,6 @@ def _error_type(status: int) -> str:
     named = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
     named |= {413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
     return named.get(status, "invalid_request_error" if status < 500 else "api_error")
-
-
-_NOT_JSON = object()
-
-
-def _loads(data: str) -> Any:
-    try:
-        return json.loads(data, parse_constant=_constant)
-    except (ValueError, RecursionError):
-        return _NOT_JSON
-
-
-def _constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _step(value: Any) -> str | None:

@@ -66,6 +66,9 @@ class Adapter(Protocol):
 
     # The ``event:`` names of the API's streams: known values, so not text to screen.
     event_names: frozenset[str]
+    # How a streamed answer is cut into events: "sse" (server-sent events when the
+    # bytes are SSE, else plain text) or "ndjson" (one JSON value per line).
+    framing: str
 
     def parse_request(self, body: bytes) -> ChatRequest: ...
 

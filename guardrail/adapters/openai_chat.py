@@ -25,6 +25,7 @@ class OpenAIChat:
     """Adapter for the OpenAI chat completions API."""
 
     event_names: frozenset[str] = frozenset()  # chunks carry no event names
+    framing = "sse"
 
     def parse_request(self, body: bytes) -> ChatRequest:
         """Every string of the request a receiver may read, in order (see ``openai_request``)."""

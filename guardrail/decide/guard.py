@@ -13,7 +13,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
-from guardrail.adapters import ADAPTERS, Adapter, ChatRequest, Reply
+from guardrail.adapters import Adapter, ChatRequest, Reply, build_adapter
 from guardrail.decide.decision import Decision
 from guardrail.decide.factory import build_judge, build_panel, build_screens, unset_api_keys
 from guardrail.decide.panel import PanelOutcome, PanelRunner
@@ -83,7 +83,8 @@ class Guard:
             [s.judge for s in policy.output.screens] if policy.output else (),
             [s.judge for s in policy.panel.judges] if policy.panel else (),
         )
-        adapter = ADAPTERS[policy.format]()
+        json_shape = policy.json_api.shape() if policy.json_api is not None else None
+        adapter = build_adapter(policy.format, json_shape)
         audit = build_audit(policy, metrics)
         return cls(policy, adapter, screens, output_screens, judges, panel, metrics, audit)
 

@@ -181,6 +181,51 @@ class SSEFramer:
         return line.decode("utf-8", "replace")
 
 
+class LinesFramer:
+    """JSON lines (NDJSON): one unit per line, its value parsed as one event.
+
+    A line ends at ``\n`` (a ``\r`` before it is part of the line ending, as
+    JSON-lines readers strip it); a blank line carries nothing.
+    """
+
+    def __init__(self, parse_line: ParseEvent, *, max_event_bytes: int) -> None:
+        self._parse = parse_line
+        self._max = max_event_bytes
+        self._buffer = b""
+        self._skipping = False  # inside a line too large to read: dropped until its end
+
+    def feed(self, chunk: bytes) -> list[Unit]:
+        """Complete lines in ``chunk`` plus what was buffered before."""
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        units = [self._unit(line + b"\n") for line in lines]
+        if len(self._buffer) > self._max:
+            units.append(Unit(self._buffer, unreadable=True))
+            self._buffer, self._skipping = b"", True
+        return units
+
+    def flush(self) -> list[Unit]:
+        """An unterminated last line."""
+        tail, self._buffer = self._buffer, b""
+        return [self._unit(tail)] if tail else []
+
+    def _unit(self, raw: bytes) -> Unit:
+        if self._skipping:
+            self._skipping = not raw.endswith(b"\n")
+            return Unit(raw, unreadable=True)
+        line = raw.rstrip(b"\r\n")
+        if not line.strip():
+            return Unit(raw)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return Unit(raw, unreadable=True)  # the client's decoder may fail or replace
+        parts = self._parse(text, None)
+        if parts is None:
+            return Unit(raw, unreadable=True)
+        return Unit(raw, parts.flows, parts.side, ident=parts.ident, model=parts.model)
+
+
 class TextFramer:
     """Any other streamed body: each chunk is a unit, decoded as UTF-8 across chunk edges."""
 

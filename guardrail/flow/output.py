@@ -30,7 +30,15 @@ from guardrail.adapters.base import BadRequest
 from guardrail.decide.decision import REFUSING
 from guardrail.decide.guard import Assessment, Guard, Record
 from guardrail.flow.content_coding import Decoder, Undecodable, codings
-from guardrail.flow.framing import Framer, SSEFramer, TextFramer, Unit, looks_like_sse, whole_parts
+from guardrail.flow.framing import (
+    Framer,
+    LinesFramer,
+    SSEFramer,
+    TextFramer,
+    Unit,
+    looks_like_sse,
+    whole_parts,
+)
 from guardrail.flow.windows import Window, Windows
 
 Then = Literal["finish", "refuse"]
@@ -233,7 +241,8 @@ class AnswerScreen:
     def _whole_text(self, body: bytes) -> tuple[str, bytes, bool]:
         """The text of a complete answer, the body to release, and whether all of it was read."""
         parse = self.guard.adapter.event_parts
-        if self._sse_header or looks_like_sse(body, final=True):
+        lines = self.guard.adapter.framing == "ndjson"  # its client reads JSON lines, not SSE
+        if not lines and (self._sse_header or looks_like_sse(body, final=True)):
             units = whole_parts(body, parse, self.guard.adapter.event_names)
             readable = [u for u in units if not u.unreadable]
             # Fail-open: what cannot be read is stripped, never passed unscreened.
@@ -310,6 +319,12 @@ class AnswerScreen:
 
     def _frame(self, body: bytes, *, last: bool) -> list[Unit]:
         """Units from the next bytes; the first bytes decide how the body is framed."""
+        if self._framer is None and self.guard.adapter.framing == "ndjson":
+            # The app's client reads JSON lines whatever the bytes look like.
+            self._framer = LinesFramer(
+                self.guard.adapter.event_parts, max_event_bytes=self.stage.max_event_bytes
+            )
+            self._start_releasing()
         if self._framer is None:
             self._sniffed += body
             sse = self._sse_header or looks_like_sse(self._sniffed, final=last)
@@ -340,6 +355,9 @@ class AnswerScreen:
             if sse
             else TextFramer()
         )
+        self._start_releasing()
+
+    def _start_releasing(self) -> None:
         self._releaser = asyncio.ensure_future(self._release_in_order())
         self._queue_window(self._windows.add(Unit(b"", side=self._header_text)))
 
@@ -449,7 +467,7 @@ class AnswerScreen:
         """End a started stream with the refusal (the caller holds the write lock)."""
         self._cut = True
         message = self.guard.policy.refusal.message
-        if isinstance(self._framer, SSEFramer):
+        if not isinstance(self._framer, TextFramer):  # the API's own events (SSE, JSON lines)
             refusal = self.guard.adapter.stream_refusal(
                 self.request,
                 message=message,

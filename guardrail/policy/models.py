@@ -8,6 +8,7 @@ Errors name the file, the line and the field (see ``guardrail.policy.errors``).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from importlib import resources
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,6 +28,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from guardrail.adapters.generic_json import JsonShape
+from guardrail.adapters.json_paths import parse_path
 from guardrail.judges.categories import category_key
 from guardrail.policy.errors import PolicyError, explain, read_yaml
 
@@ -322,6 +326,73 @@ class MetricsSettings(_Strict):
     path: str | None = "/metrics"
 
 
+# --- a generic JSON app (format: json) ---------------------------------------
+
+
+def _paths(paths: tuple[str, ...]) -> tuple[str, ...]:
+    for path in paths:
+        parse_path(path)  # its ValueError names the path and what cannot be read
+    return paths
+
+
+def _template(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a template must be plain JSON: {exc}") from None
+    return value
+
+
+JsonPaths = Annotated[tuple[str, ...], AfterValidator(_paths)]
+JsonTemplate = Annotated[dict[str, Any] | list[Any], AfterValidator(_template)]
+
+
+class JsonStream(_Strict):
+    """How a generic JSON app streams: SSE or JSON lines, and the text fields of one event."""
+
+    framing: Literal["sse", "ndjson"] = "sse"
+    text: JsonPaths = ()  # joined across events, as the app's client joins them
+
+
+class JsonApi(_Strict):
+    """Where a generic JSON app carries text, by JSON path (see ``adapters.json_paths``).
+
+    Every string and key of a request is screened, the named text fields and the
+    fields not named alike, except what ``not_text`` lists.
+    """
+
+    text: JsonPaths = ()  # the request's text fields ($.message, $.history[*].content)
+    not_text: JsonPaths = ()  # request fields that are not language (ids, roles)
+    stream_flag: str | None = None  # the request's boolean that asks for a stream ($.stream)
+    answer_text: JsonPaths = ()  # the text fields of a complete answer
+    stream: JsonStream = JsonStream()
+    # Templates: "{message}" (and "{code}" in errors) is replaced in every string.
+    refusal: JsonTemplate = Field(default_factory=lambda: {"message": "{message}", "refused": True})
+    stream_refusal: JsonTemplate | None = None  # the event that ends a refused stream
+    error: JsonTemplate = Field(
+        default_factory=lambda: {"error": {"message": "{message}", "code": "{code}"}}
+    )
+
+    @field_validator("stream_flag")
+    @classmethod
+    def _flag(cls, path: str | None) -> str | None:
+        return None if path is None else _paths((path,))[0]
+
+    def shape(self) -> JsonShape:
+        """The adapter's reading of this section."""
+        return JsonShape(
+            text=tuple(map(parse_path, self.text)),
+            not_text=tuple(map(parse_path, self.not_text)),
+            stream_flag=parse_path(self.stream_flag) if self.stream_flag else None,
+            answer_text=tuple(map(parse_path, self.answer_text)),
+            framing=self.stream.framing,
+            event_text=tuple(map(parse_path, self.stream.text)),
+            refusal=self.refusal,
+            stream_refusal=self.stream_refusal,
+            error=self.error,
+        )
+
+
 # --- the policy --------------------------------------------------------------
 
 
@@ -331,7 +402,8 @@ class Policy(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     routes: tuple[Route, ...] = Field(min_length=1)
-    format: Literal["openai_chat", "anthropic_messages"] = "openai_chat"
+    format: Literal["openai_chat", "anthropic_messages", "json"] = "openai_chat"
+    json_api: JsonApi | None = None  # format json: where the app's JSON carries text
     max_body_bytes: PositiveInt = 1_048_576
     judges: dict[str, JudgeSpec] = Field(min_length=1)
     input: InputStage
