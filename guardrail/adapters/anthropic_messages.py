@@ -28,7 +28,15 @@ import uuid
 from typing import Any
 
 from guardrail.adapters.answer import NOT_JSON, AnswerParts, read_answer, split_parts, strings
-from guardrail.adapters.base import BadRequest, ChatRequest, Reply, fold_key, read_json
+from guardrail.adapters.base import (
+    BadRequest,
+    ChatRequest,
+    PartsAsText,
+    Reply,
+    fold_key,
+    read_json,
+    stream_flag,
+)
 
 _FIELDS = frozenset(
     """
@@ -157,7 +165,7 @@ def request_text(data: dict[str, Any]) -> tuple[list[str], int]:
     return reading.pieces, reading.opaque
 
 
-class AnthropicMessages:
+class AnthropicMessages(PartsAsText):
     """Adapter for the Anthropic Messages API."""
 
     event_names = frozenset(
@@ -182,15 +190,12 @@ class AnthropicMessages:
         system = data.get("system")
         if system is not None and not isinstance(system, str | list):
             raise BadRequest("not_chat", "'system' must be a string or a list of blocks")
-        stream = data.get("stream")
-        if stream is not None and not isinstance(stream, bool):
-            # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
-            raise BadRequest("not_chat", "'stream' must be true or false")
+        stream = stream_flag(data.get("stream"))
         pieces, opaque = request_text(data)
         model = data.get("model")
         return ChatRequest(
             text="\n\n".join(pieces),
-            stream=stream is True,
+            stream=stream,
             model=model if isinstance(model, str) else None,
             opaque=opaque,
         )
@@ -214,20 +219,11 @@ class AnthropicMessages:
         }
         return Reply(error.status, json.dumps(body).encode(), list(_JSON))
 
-    def answer_text(self, body: bytes) -> str:
-        """The text of a complete answer: every string in it (see ``answer_parts``)."""
-        return self.answer_parts(body).text()
-
     def answer_parts(self, body: bytes) -> AnswerParts:
         """Every string of a complete answer; a body that is not JSON is screened as it is."""
         raw = body.decode("utf-8", "replace")
         value = read_answer(raw)
         return AnswerParts(side=(raw,)) if value is NOT_JSON else _parts(value)
-
-    def event_text(self, data: str) -> str:
-        """The text of one streamed event (see ``event_parts``); not JSON: as it is."""
-        parts = self.event_parts(data)
-        return data if parts is None else parts.text()
 
     def event_parts(self, data: str, event: str | None = None) -> AnswerParts | None:
         """Every string of one event: what a block streams is a flow, the rest side values.

@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from guardrail.adapters.answer import NOT_JSON, AnswerParts, Flow, read_answer
-from guardrail.adapters.base import BadRequest, ChatRequest, Reply, fold_key, read_json
+from guardrail.adapters.base import (
+    BadRequest,
+    ChatRequest,
+    PartsAsText,
+    Reply,
+    fold_key,
+    read_json,
+    stream_flag,
+)
 from guardrail.adapters.json_paths import JsonPath, Place, channel, find, places
 
 Framing = Literal["sse", "ndjson"]
@@ -59,7 +67,7 @@ class JsonShape:
         return frozenset(name for path in (*paths, *flag) for name in path.names())
 
 
-class GenericJSON:
+class GenericJSON(PartsAsText):
     """Adapter for an app's own JSON API, as the policy's ``JsonShape`` describes it."""
 
     event_names: frozenset[str] = frozenset()  # the app's event names are not known: text
@@ -76,11 +84,8 @@ class GenericJSON:
         shape = self.shape
         stream = False
         if shape.stream_flag is not None:
-            flags = list(find(shape.stream_flag, data))
-            if any(not isinstance(flag, bool) and flag is not None for flag in flags):
-                # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
-                raise BadRequest("not_chat", f"{shape.stream_flag.text} must be true or false")
-            stream = any(flag is True for flag in flags)
+            name = shape.stream_flag.text
+            stream = any([stream_flag(flag, name) for flag in find(shape.stream_flag, data)])
         pieces = [text for text in self._request_strings(data) if text.strip()]
         return ChatRequest(text="\n\n".join(pieces), stream=stream)
 
@@ -115,10 +120,6 @@ class GenericJSON:
         body = _filled(self.shape.error, message=error.message, code=error.code)
         return Reply(error.status, body, list(_JSON))
 
-    def answer_text(self, body: bytes) -> str:
-        """The text of a complete answer (see ``answer_parts``)."""
-        return self.answer_parts(body).text()
-
     def answer_parts(self, body: bytes) -> AnswerParts:
         """Every string of a complete answer: one JSON document, or JSON lines; else as it is."""
         raw = body.decode("utf-8", "replace")
@@ -135,11 +136,6 @@ class GenericJSON:
             flows += parts.flows
             side += parts.side
         return AnswerParts(tuple(flows), tuple(side))
-
-    def event_text(self, data: str) -> str:
-        """The text of one streamed event (see ``event_parts``); not JSON: as it is."""
-        parts = self.event_parts(data)
-        return data if parts is None else parts.text()
 
     def event_parts(self, data: str, event: str | None = None) -> AnswerParts | None:
         """The named text of one event as flows (by place), every other string on its own."""
