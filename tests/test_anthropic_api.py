@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +17,12 @@ import anthropic
 import httpx
 import pytest
 from answers import Answer
-from guarded import BENIGN, INJECTION
+from guarded import BENIGN, INJECTION, guarded_service, request_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
-from served import Served
 
-from guardrail import GuardrailMiddleware, Policy, parse_policy
+from guardrail import Policy, parse_policy
 from guardrail.adapters import AnthropicMessages, BadRequest
-from guardrail.flow.proxy import Upstream
 
 CARD = "4111 1111 1111 1111"
 SAFE = [f"Sentence {i} is about the garden, the weather and the trees. " for i in range(6)]
@@ -110,13 +105,7 @@ class MessagesApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            received = await receive()
-            body += received.get("body", b"")
-            if not received.get("more_body"):
-                break
-        request = json.loads(body)
+        request = await request_json(receive)
         self.requests.append(request)
         if not request.get("stream"):
             answer = json.dumps(message([{"type": "text", "text": "".join(self.pieces)}])).encode()
@@ -132,23 +121,6 @@ class MessagesApp:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await asyncio.sleep(0.005)
         await send({"type": "http.response.body", "body": b""})
-
-
-@contextmanager
-def guarded(app: MessagesApp, policy: Policy, *, proxy: bool) -> Iterator[str]:
-    """The app guarded by the middleware in-process, or served on its own behind the proxy."""
-    if not proxy:
-        with Served(GuardrailMiddleware(app, policy=policy, registry=CollectorRegistry())) as s:
-            yield s.url
-        return
-    with (
-        Served(app, name="service") as service,
-        Served(
-            GuardrailMiddleware(Upstream(service.url), policy=policy, registry=CollectorRegistry()),
-            name="proxy",
-        ) as s,
-    ):
-        yield s.url
 
 
 def client(url: str) -> anthropic.Anthropic:
@@ -180,7 +152,7 @@ def text_of(answer: anthropic.types.Message) -> str:
 @pytest.mark.parametrize("proxy", [False, True], ids=["middleware", "proxy"])
 def test_benign_is_answered_and_injection_refused_in_the_sdks_shape(proxy: bool) -> None:
     app = MessagesApp()
-    with guarded(app, messages_policy(), proxy=proxy) as url:
+    with guarded_service(app, messages_policy(), proxy=proxy) as url:
         answer = ask(url, BENIGN)
         assert text_of(answer) == "Paris is the capital of France."
         assert answer.stop_reason == "end_turn"
@@ -201,7 +173,7 @@ def test_a_card_in_the_answer_is_cut_and_the_sdk_parses_the_refusal(proxy: bool)
     app = MessagesApp(
         pieces=[*SAFE[:4], f"Your card {CARD[:9]}", f"{CARD[9:]} is here. ", *SAFE[4:]]
     )
-    with guarded(app, messages_policy(), proxy=proxy) as url:
+    with guarded_service(app, messages_policy(), proxy=proxy) as url:
         streamed, final = stream(url, BENIGN)
         assert final.stop_reason == "refusal"
         assert "4111" not in streamed and "1111 1111" not in streamed
@@ -216,7 +188,7 @@ def test_a_card_in_the_answer_is_cut_and_the_sdk_parses_the_refusal(proxy: bool)
 def test_a_card_split_across_tool_input_deltas_is_cut_after_the_tool_block() -> None:
     tool_input = json.dumps({"note": f"card {CARD}", "pad": SAFE[0]})
     app = MessagesApp(pieces=SAFE[:2], tool_input=tool_input)
-    with guarded(app, messages_policy(), proxy=False) as url:
+    with guarded_service(app, messages_policy(), proxy=False) as url:
         _, final = stream(url, BENIGN)
         assert final.stop_reason == "refusal"
         # The refusal is a block of its own, after any block the client saw.
@@ -232,7 +204,7 @@ def test_refusal_as_an_error_is_raised_by_the_sdk_in_anthropics_error_shape() ->
             )
         }
     )
-    with guarded(MessagesApp(), policy, proxy=False) as url:
+    with guarded_service(MessagesApp(), policy, proxy=False) as url:
         with pytest.raises(anthropic.BadRequestError) as raised:
             ask(url, INJECTION)
         assert raised.value.body == {
@@ -259,7 +231,7 @@ MALFORMED = [
 
 def test_malformed_bodies_get_a_400_in_anthropics_error_shape() -> None:
     app = MessagesApp()
-    with guarded(app, messages_policy(), proxy=False) as url:
+    with guarded_service(app, messages_policy(), proxy=False) as url:
         for body in MALFORMED:
             answer = httpx.post(url + "/v1/messages", content=body)
             assert answer.status_code == 400, body
@@ -365,7 +337,7 @@ def test_binary_media_is_counted_not_screened_and_names_are_not_text() -> None:
 
 def test_an_injection_in_an_unknown_block_is_refused_end_to_end() -> None:
     app = MessagesApp()
-    with guarded(app, messages_policy(), proxy=False) as url:
+    with guarded_service(app, messages_policy(), proxy=False) as url:
         answer = httpx.post(url + "/v1/messages", content=HIDING_PLACES["unknown block type"])
         assert answer.json()["stop_reason"] == "refusal"
         assert answer.json()["content"] == [{"type": "text", "text": REFUSAL}]
@@ -381,7 +353,7 @@ def test_an_openai_chat_stream_on_the_messages_route_is_not_passed_on() -> None:
     }
     tail = {**chunk, "choices": [{"index": 0, "delta": {"content": " 1111 1111"}}]}
     raw = [f"data: {json.dumps(c)}\n\n".encode() for c in (chunk, tail)] + [b"data: [DONE]\n\n"]
-    with guarded(MessagesApp(raw=raw), messages_policy(), proxy=False) as url:
+    with guarded_service(MessagesApp(raw=raw), messages_policy(), proxy=False) as url:
         body = blocks_request(stream=True)
         answer = Answer(200, [], httpx.post(url + "/v1/messages", content=body).content)
         assert b"4111" not in answer.body

@@ -10,22 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-from guarded import BENIGN, INJECTION
+from guarded import BENIGN, INJECTION, guarded_service, request_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
-from served import Served
 
-from guardrail import GuardrailMiddleware, Policy, PolicyError, parse_policy
+from guardrail import Policy, PolicyError, parse_policy
 from guardrail.adapters import BadRequest, GenericJSON
 from guardrail.adapters.json_paths import find, parse_path, places
-from guardrail.flow.proxy import Upstream
 
 CARD = "4111 1111 1111 1111"
 SAFE = [f"Sentence {i} is about the garden, the weather and the trees. " for i in range(6)]
@@ -67,13 +62,7 @@ class ChatApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            received = await receive()
-            body += received.get("body", b"")
-            if not received.get("more_body"):
-                break
-        request = json.loads(body)
+        request = await request_json(receive)
         self.requests.append(request)
         framing = request.get("framing")  # the test asks for one framing or the other
         if not request.get("stream"):
@@ -101,22 +90,6 @@ class ChatApp:
         await send({"type": "http.response.body", "body": b""})
 
 
-@contextmanager
-def guarded(app: ChatApp, policy: Policy, *, proxy: bool = False) -> Iterator[str]:
-    if not proxy:
-        with Served(GuardrailMiddleware(app, policy=policy, registry=CollectorRegistry())) as s:
-            yield s.url
-        return
-    with (
-        Served(app, name="service") as service,
-        Served(
-            GuardrailMiddleware(Upstream(service.url), policy=policy, registry=CollectorRegistry()),
-            name="proxy",
-        ) as s,
-    ):
-        yield s.url
-
-
 def chat(url: str, message: str, **fields: Any) -> httpx.Response:
     body = {
         "message": message,
@@ -141,7 +114,7 @@ def text_of(events: list[dict[str, Any]]) -> str:
 @pytest.mark.parametrize("proxy", [False, True], ids=["middleware", "proxy"])
 def test_benign_is_answered_and_injection_refused_with_the_policys_template(proxy: bool) -> None:
     for framing in ("sse", "ndjson"):
-        with guarded(ChatApp(), json_policy(framing), proxy=proxy) as url:
+        with guarded_service(ChatApp(), json_policy(framing), proxy=proxy) as url:
             assert chat(url, BENIGN).json()["reply"] == "Paris is the capital of France."
             assert text_of(streamed(url, BENIGN, framing)) == "Paris is the capital of France."
             assert chat(url, INJECTION).json() == {"reply": REFUSAL, "refused": True}
@@ -149,7 +122,7 @@ def test_benign_is_answered_and_injection_refused_with_the_policys_template(prox
 
 
 def test_text_in_fields_the_policy_did_not_name_is_screened_and_not_text_is_not() -> None:
-    with guarded(ChatApp(), json_policy()) as url:
+    with guarded_service(ChatApp(), json_policy()) as url:
         assert chat(url, BENIGN, notes={"deep": [INJECTION]}).json()["refused"] is True
         assert chat(url, BENIGN, history=[{"role": "user", "content": INJECTION}]).json()["refused"]
         assert chat(url, BENIGN, **{INJECTION: 1}).json()["refused"] is True  # a key is text too
@@ -162,7 +135,7 @@ def test_text_in_fields_the_policy_did_not_name_is_screened_and_not_text_is_not(
 def test_a_card_split_across_events_is_cut(framing: str, proxy: bool) -> None:
     pieces = [*SAFE[:4], f"Your card {CARD[:9]}", f"{CARD[9:]} is here. ", *SAFE[4:]]
     policy = json_policy(framing)
-    with guarded(ChatApp(pieces), policy, proxy=proxy) as url:
+    with guarded_service(ChatApp(pieces), policy, proxy=proxy) as url:
         events = streamed(url, BENIGN, framing)
         text = text_of(events)
         assert events[-1] == {"delta": REFUSAL, "done": True}
@@ -171,7 +144,7 @@ def test_a_card_split_across_events_is_cut(framing: str, proxy: bool) -> None:
 
 
 def test_a_complete_answer_with_a_card_is_refused_whole() -> None:
-    with guarded(ChatApp([f"Card {CARD}."]), json_policy()) as url:
+    with guarded_service(ChatApp([f"Card {CARD}."]), json_policy()) as url:
         assert chat(url, BENIGN).json() == {"reply": REFUSAL, "refused": True}
 
 
@@ -183,7 +156,7 @@ def test_json_lines_are_read_as_the_client_decodes_them() -> None:
         f'{{"delta": "{escaped}"}}\n'.encode(),
         b'{"done": true}\n',
     ]
-    with guarded(ChatApp(raw=raw), json_policy()) as url:
+    with guarded_service(ChatApp(raw=raw), json_policy()) as url:
         events = streamed(url, BENIGN, "ndjson")
         assert events[-1] == {"delta": REFUSAL, "done": True}
         assert "4111" not in text_of(events)
@@ -191,7 +164,7 @@ def test_json_lines_are_read_as_the_client_decodes_them() -> None:
 
 def test_a_line_that_is_not_json_is_not_passed_on() -> None:
     raw = [b'{"delta": "Hello"}\n', b"card 4111 1111 1111 1111 not json\n", b'{"done": true}\n']
-    with guarded(ChatApp(raw=raw), json_policy()) as url:  # fail-closed (on_error: block)
+    with guarded_service(ChatApp(raw=raw), json_policy()) as url:  # fail-closed (on_error: block)
         body = chat(url, BENIGN, stream=True).text
         assert "4111" not in body
         assert json.loads(body.splitlines()[-1]) == {"delta": REFUSAL, "done": True}
@@ -209,7 +182,7 @@ MALFORMED = [
 
 def test_malformed_bodies_get_a_400_in_the_policys_error_shape() -> None:
     app = ChatApp()
-    with guarded(app, json_policy()) as url:
+    with guarded_service(app, json_policy()) as url:
         for body in MALFORMED:
             answer = httpx.post(url + "/chat", content=body)
             assert answer.status_code == 400, body
