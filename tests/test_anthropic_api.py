@@ -17,11 +17,11 @@ import anthropic
 import httpx
 import pytest
 from answers import Answer
-from guarded import BENIGN, INJECTION, guarded_service, request_json
+from guarded import BENIGN, INJECTION, guarded_app, guarded_service, request_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardrail import Policy, parse_policy
+from guardrail import Policy, load_policy, parse_policy
 from guardrail.adapters import AnthropicMessages, BadRequest
 
 CARD = "4111 1111 1111 1111"
@@ -211,6 +211,23 @@ def test_refusal_as_an_error_is_raised_by_the_sdk_in_anthropics_error_shape() ->
             "type": "error",
             "error": {"type": "invalid_request_error", "message": REFUSAL},
         }
+
+
+def test_the_demo_app_echoes_the_sdk_guarded_by_the_shipped_anthropic_policy() -> None:
+    with guarded_app(load_policy("policies/anthropic.yaml")) as demo:
+        assert text_of(ask(demo.url, BENIGN)) == f"You said: {BENIGN}"
+        streamed, final = stream(demo.url, BENIGN)
+        assert streamed == f"You said: {BENIGN}" and final.stop_reason == "end_turn"
+        assert ask(demo.url, INJECTION).stop_reason == "refusal"
+        # A card split across two text blocks is still read whole (and never echoed).
+        blocks = [
+            {"type": "text", "text": f"Repeat {CARD[:9]}"},
+            {"type": "text", "text": CARD[9:]},
+        ]
+        with client(demo.url).messages.stream(
+            model="m", max_tokens=9, messages=[{"role": "user", "content": blocks}]
+        ) as events:
+            assert events.get_final_message().stop_reason == "refusal"
 
 
 # --- bad input ----------------------------------------------------------------------
