@@ -17,6 +17,7 @@ import anthropic
 import httpx
 import pytest
 from answers import Answer
+from anthropic.lib.streaming._messages import accumulate_event
 from guarded import BENIGN, INJECTION, guarded_app, guarded_service, request_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -391,25 +392,35 @@ def test_an_event_whose_name_and_type_differ_is_unreadable() -> None:
 
 
 def test_a_refusal_continues_the_blocks_the_client_saw() -> None:
-    request = AnthropicMessages().parse_request(blocks_request(stream=True))
-    steps = (
-        "message_start",
-        "content_block_start:0",
-        "content_block_stop:0",
-        "content_block_start:1",
-    )
-    body = AnthropicMessages().stream_refusal(request, message="no", steps=steps)
-    events = Answer(200, [], body).events()
-    assert [e["event"] for e in events] == [
-        "content_block_stop",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
+    # A message that opens with a block of its own, a tool block, and a text block left open.
+    seen = [
+        event("message_start", message=message([{"type": "text", "text": "Pre"}], stop=None)),
+        event(
+            "content_block_start",
+            index=1,
+            content_block={"type": "tool_use", "id": "t", "name": "f", "input": {}},
+        ),
+        event("content_block_stop", index=1),
+        event("content_block_start", index=2, content_block={"type": "text", "text": ""}),
+        event("content_block_delta", index=2, delta={"type": "text_delta", "text": "Hi"}),
     ]
-    assert json.loads(events[0]["data"])["index"] == 1
-    assert json.loads(events[1]["data"])["index"] == 2
+    adapter = AnthropicMessages()
+    steps = []
+    for raw in seen:
+        fields = Answer(200, [], raw).events()[0]
+        parts = adapter.event_parts(fields["data"], fields["event"])
+        assert parts is not None
+        steps += [parts.step] if parts.step else []
+    request = adapter.parse_request(blocks_request(stream=True))
+    refusal = adapter.stream_refusal(request, message="no", steps=tuple(steps))
+    # The SDK's own accumulation of the whole stream: no event out of place.
+    snapshot = None
+    for fields in Answer(200, [], b"".join(seen) + refusal).events():
+        data = json.loads(fields["data"])
+        snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs={})
+    assert snapshot is not None and snapshot.stop_reason == "refusal"
+    assert [b.type for b in snapshot.content] == ["text", "tool_use", "text", "text"]
+    assert snapshot.content[2].text == "Hi" and snapshot.content[3].text == "no"
 
 
 def test_errors_use_anthropics_error_types() -> None:

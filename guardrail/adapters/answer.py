@@ -76,12 +76,33 @@ def split_parts(
 NOT_JSON: Any = object()  # what ``read_answer`` returns for text that is not JSON
 
 
+# Deeper than any real answer. The walks over an answer (``strings``) recurse: a
+# value that ``json`` could just parse near the recursion limit would break them.
+MAX_ANSWER_DEPTH = 200
+
+
 def read_answer(data: str) -> Any:
-    """An answer's (or event's) JSON value, or ``NOT_JSON`` (NaN and Infinity are not JSON)."""
+    """An answer's (or event's) JSON value, or ``NOT_JSON``: not JSON (NaN and Infinity
+    are not), or nested deeper than ``MAX_ANSWER_DEPTH``."""
     try:
-        return json.loads(data, parse_constant=_not_a_constant)
+        value = json.loads(data, parse_constant=_not_a_constant)
     except (ValueError, RecursionError):
         return NOT_JSON
+    return value if _shallow(value) else NOT_JSON
+
+
+def _shallow(value: Any) -> bool:
+    level = [value]
+    for _ in range(MAX_ANSWER_DEPTH):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return True
+    return False
 
 
 def _not_a_constant(name: str) -> Any:

@@ -282,11 +282,9 @@ def _refusal_events(ident: str, model: str, message: str, *, steps: tuple[str, .
     The SDKs index a message's blocks in the order they started, so the refusal
     is the next block; blocks left open are stopped first.
     """
-    events = (
-        []
-        if "message_start" in steps
-        else [_event("message_start", message=_message(ident, model))]
-    )
+    first = next((s for s in steps if s.startswith("message_start:")), None)
+    events = [] if first else [_event("message_start", message=_message(ident, model))]
+    opening = int(first.removeprefix("message_start:")) if first else 0  # its own blocks
     started = [s for s in steps if s.startswith("content_block_start:")]
     stopped = {
         s.removeprefix("content_block_stop:") for s in steps if s.startswith("content_block_stop:")
@@ -295,7 +293,7 @@ def _refusal_events(ident: str, model: str, message: str, *, steps: tuple[str, .
         index = start.removeprefix("content_block_start:")
         if index not in stopped and index.isdigit():
             events.append(_event("content_block_stop", index=int(index)))
-    block = len(started)
+    block = opening + len(started)
     events += [
         _event("content_block_start", index=block, content_block={"type": "text", "text": ""}),
         _event("content_block_delta", index=block, delta={"type": "text_delta", "text": message}),
@@ -323,6 +321,10 @@ def _step(value: Any) -> str | None:
     kind, index = value.get("type"), value.get("index")
     if kind in ("content_block_start", "content_block_stop"):
         return f"{kind}:{index}" if type(index) is int else f"{kind}:?"
+    if kind == "message_start":  # the blocks a message starts with count as started
+        message = value.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        return f"message_start:{len(content) if isinstance(content, list) else 0}"
     return kind if isinstance(kind, str) else None
 
 
