@@ -19,7 +19,7 @@ import pytest
 from answers import Answer
 from anthropic.lib.streaming._messages import accumulate_event
 from guarded import BENIGN, INJECTION, guarded_app, guarded_service, request_json
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from guardrail import Policy, load_policy, parse_policy
@@ -502,3 +502,21 @@ def test_streamed_block_text_is_one_flow_per_block(pieces: list[str]) -> None:
         assert parts is not None
         flows += [text for channel, text in parts.flows if channel == "0"]
     assert "".join(flows) == "".join(pieces)
+
+
+@settings(max_examples=150)
+@given(
+    extra=st.dictionaries(keys, json_values, max_size=4),
+    path=st.lists(st.integers(0, 10), max_size=6),
+    as_key=st.booleans(),
+    name=st.sampled_from(sorted(AnthropicMessages.event_names)),
+)
+def test_every_string_of_any_event_or_answer_is_screened(
+    extra: dict[str, Any], path: list[int], as_key: bool, name: str
+) -> None:
+    value = {**plant({"delta": extra, "index": 0}, path, as_key), "type": name}
+    assume(MARK in json.dumps(value))
+    adapter = AnthropicMessages()
+    parts = adapter.event_parts(json.dumps(value), name)
+    assert parts is not None and MARK in parts.text()
+    assert MARK in adapter.answer_parts(json.dumps(value).encode()).text()
