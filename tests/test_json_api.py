@@ -210,6 +210,18 @@ def test_paths_outside_the_subset_are_refused_at_load(paths: str) -> None:
     assert "json_api" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "not_text", ["['$']", "['$.message']", "['$.history']", "['$.history[*]']", "['$.*']"]
+)
+def test_not_text_cannot_cover_the_text(not_text: str) -> None:
+    with pytest.raises(PolicyError, match="not_text"):
+        parse_policy(
+            "name: t\nformat: json\nroutes: [{path: /chat}]\njudges: {i: {type: injection}}\n"
+            "input: {screens: [{judge: i}]}\n"
+            f"json_api: {{text: ['$.message', '$.history[*].content'], not_text: {not_text}}}\n"
+        )
+
+
 def test_json_api_needs_format_json() -> None:
     with pytest.raises(PolicyError, match="format: json"):
         parse_policy(

@@ -54,6 +54,12 @@ class JsonPath:
             return False
         return all(_step_matches(step, at) for step, at in zip(self.steps, place, strict=False))
 
+    def covers_any(self, other: JsonPath) -> bool:
+        """Whether some place ``other`` names is inside what this path names."""
+        if len(other.steps) < len(self.steps):
+            return False
+        return all(_steps_meet(a, b) for a, b in zip(self.steps, other.steps, strict=False))
+
     def names(self) -> Iterator[str]:
         """The member names the path spells out (fields of the app's own schema)."""
         return (s for s in self.steps if isinstance(s, str))
@@ -63,6 +69,17 @@ def _step_matches(step: Step, at: str | int) -> bool:
     if isinstance(step, Every):
         return type(at) is step.of
     return type(step) is type(at) and step == at
+
+
+def _steps_meet(step: Step, other: Step) -> bool:
+    """Whether some place matches both steps."""
+    if isinstance(step, Every) and isinstance(other, Every):
+        return step == other
+    if isinstance(step, Every):
+        return type(other) is step.of
+    if isinstance(other, Every):
+        return type(step) is other.of
+    return type(step) is type(other) and step == other
 
 
 def parse_path(text: str) -> JsonPath:

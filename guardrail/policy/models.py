@@ -378,6 +378,18 @@ class JsonApi(_Strict):
     def _flag(cls, path: str | None) -> str | None:
         return None if path is None else _paths((path,))[0]
 
+    @model_validator(mode="after")
+    def _text_stays_text(self) -> JsonApi:
+        # A not_text path over the whole body, or over a field named as text, would
+        # leave the chat text unscreened: a typo must not switch the guard off.
+        for path in map(parse_path, self.not_text):
+            if not path.steps:
+                raise ValueError("not_text cannot be '$': nothing would be screened")
+            for text in map(parse_path, self.text):
+                if path.covers_any(text):
+                    raise ValueError(f"not_text {path.text!r} covers the text field {text.text!r}")
+        return self
+
     def shape(self) -> JsonShape:
         """The adapter's reading of this section."""
         return JsonShape(
