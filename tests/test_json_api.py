@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from guardrail import Policy, PolicyError, parse_policy
 from guardrail.adapters import BadRequest, GenericJSON
 from guardrail.adapters.json_paths import find, parse_path, places
+from guardrail.flow.framing import LinesFramer
 
 CARD = "4111 1111 1111 1111"
 SAFE = [f"Sentence {i} is about the garden, the weather and the trees. " for i in range(6)]
@@ -309,3 +310,25 @@ def test_every_string_of_a_request_is_screened_unless_not_text(
     hidden = {"message": "hi", "session_id": [MARK, {MARK: extra}]}
     assert MARK not in adapter.parse_request(json.dumps(hidden).encode()).text
     assert not re.search("zq", adapter.parse_request(b'{"session_id": "zq"}').text)
+
+
+@given(
+    st.lists(st.text(max_size=12), min_size=1, max_size=6),
+    st.lists(st.integers(0, 400), max_size=8),
+    st.sampled_from(["\n", "\r\n"]),
+)
+def test_json_lines_split_anywhere_give_the_same_events(
+    deltas: list[str], cuts: list[int], end: str
+) -> None:
+    adapter = GenericJSON(json_policy().json_api.shape())  # type: ignore[union-attr]
+    body = "".join(json.dumps({"delta": d}, ensure_ascii=False) + end for d in deltas).encode()
+    framer = LinesFramer(adapter.event_parts, max_event_bytes=1 << 16)
+    units = []
+    start = 0
+    for cut in sorted({min(c, len(body)) for c in cuts}):
+        units += framer.feed(body[start:cut])
+        start = cut
+    units += framer.feed(body[start:]) + framer.flush()
+    assert b"".join(u.raw for u in units) == body
+    assert not any(u.unreadable for u in units)
+    assert "".join(text for u in units for _, text in u.flows) == "".join(deltas)

@@ -126,7 +126,8 @@ class GenericJSON(PartsAsText):
         value = read_answer(raw)
         if value is not NOT_JSON:
             return self._parts(value, self.shape.answer_text)
-        lines = [read_answer(line) for line in raw.splitlines() if line.strip()]
+        # Lines end at "\n" only, as the framer reads them (U+2028 is not a line end).
+        lines = [read_answer(line) for line in raw.split("\n") if line.strip()]
         if self.framing != "ndjson" or not lines or any(v is NOT_JSON for v in lines):
             return AnswerParts(side=(raw,))
         flows: list[Flow] = []
