@@ -467,7 +467,7 @@ class AnswerScreen:
         """End a started stream with the refusal (the caller holds the write lock)."""
         self._cut = True
         message = self.guard.policy.refusal.message
-        if not isinstance(self._framer, TextFramer):  # the API's own events (SSE, JSON lines)
+        if isinstance(self._framer, SSEFramer | LinesFramer):  # the API's own events
             refusal = self.guard.adapter.stream_refusal(
                 self.request,
                 message=message,
