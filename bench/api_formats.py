@@ -25,6 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from harness import (
+    CHAT_PATH,
+    GUARDED_POLICY,
     Column,
     Server,
     Stub,
@@ -54,23 +56,14 @@ json_api:
   answer_text: ['$.reply']
   stream: {framing: ndjson, text: ['$.delta']}
 """
-POLICY = """\
-name: bench
-routes: [{{path: {path}, methods: [POST]}}]
-format: {format}
-judges:
-  guard: {{type: llm, model: openai/stub-judge, api_base: '{judge_url}'}}
-  injection: {{type: injection}}
-  pii: {{type: pii, kinds: [email, phone, card, secret]}}
-input:
-  screens:
-    - {{judge: guard, timeout_s: 2.0}}
-    - {{judge: injection, timeout_s: 0.5}}
-    - {{judge: pii, timeout_s: 0.5}}
-output: {{screens: [{{judge: pii}}]}}
-on_flag: block
-on_error: block
-{extra}"""
+# The guarded latency bench's policy, on each format's route, screening answers too.
+OUTPUT = "output: {screens: [{judge: pii}]}\n"
+
+
+def policy_text(format: str, path: str, judge_url: str) -> str:
+    text = GUARDED_POLICY.format(judge_url=judge_url).replace(CHAT_PATH, path)
+    text = text.replace("format: openai_chat", f"format: {format}")
+    return text + OUTPUT + (JSON_API if format == "json" else "")
 
 
 # --- the app of each format (a uvicorn factory) ------------------------------------------
@@ -245,9 +238,7 @@ async def main(n: int, concurrencies: list[int]) -> int:
     floor_ms = max(APP_LATENCY_S, SCREEN_LATENCY_S) * 1000
     try:
         for format, path in PATHS.items():
-            extra = JSON_API if format == "json" else ""
-            text = POLICY.format(path=path, format=format, judge_url=judge.base_url, extra=extra)
-            with policy_file(text) as policy:
+            with policy_file(policy_text(format, path, judge.base_url)) as policy:
                 for variant in ("bare", "guarded"):
                     os.environ["BENCH_FORMAT"] = format
                     server = Server(
