@@ -46,6 +46,10 @@ def create_app(
             return await _ask_model(upstream, body.get("model") or model, messages, stream)
         return _echo(messages, stream)
 
+    async def anthropic_messages(request: Request) -> Response:
+        body = await request.json()
+        return _echo_message(body.get("messages", []), body.get("stream") is True)
+
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -53,6 +57,7 @@ def create_app(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             *_openai_routes(upstream, model),
+            Route("/v1/messages", anthropic_messages, methods=["POST"]),
             Route("/health", health),
         ]
     )
@@ -250,5 +255,50 @@ def _echo_completion(said: str, stream: bool) -> Response:
             await asyncio.sleep(0.01)
         yield b"data: " + json.dumps(completion("", "stop")).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+# --- Anthropic Messages (POST /v1/messages): an offline echo in the API's own shape ---
+
+
+def _echo_message(messages: list[Any], stream: bool) -> Response:
+    last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    content = last.get("content")
+    if isinstance(content, list):  # blocks: the text of the text blocks
+        content = " ".join(b.get("text", "") for b in content if isinstance(b, dict))
+    answer = f"You said: {content}"
+    message: dict[str, Any] = {
+        "id": f"msg_echo_{uuid.uuid4().hex[:12]}",
+        "type": "message",
+        "role": "assistant",
+        "model": "echo",
+        "content": [{"type": "text", "text": answer}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": len(answer.split())},
+    }
+    if not stream:
+        return JSONResponse(message)
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+    async def events() -> AsyncIterator[bytes]:
+        start = {**message, "content": [], "stop_reason": None}
+        yield event("message_start", message=start)
+        yield event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+        yield event("ping")
+        for i, word in enumerate(answer.split(" ")):
+            text = word if i == 0 else " " + word
+            yield event("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
+            await asyncio.sleep(0.01)
+        yield event("content_block_stop", index=0)
+        yield event(
+            "message_delta",
+            delta={"stop_reason": "end_turn", "stop_sequence": None},
+            usage=message["usage"],
+        )
+        yield event("message_stop")
 
     return StreamingResponse(events(), media_type="text/event-stream")

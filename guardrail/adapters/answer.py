@@ -9,6 +9,7 @@ as a value on its own, so each is screened whole where it appears.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,9 @@ class AnswerParts:
     ident: str | None = None  # the answer's own id, reused by a refusal that ends its stream
     model: str | None = None
     progress: Progress | None = None  # indexed APIs: the slots and sequence this event shows
+    # Where the event moves the stream in the API's grammar (adapter-defined, e.g. a
+    # block started): a refusal that cuts the stream continues from the released steps.
+    step: str | None = None
 
     def text(self) -> str:
         """Everything, as one text: each channel's pieces joined, then the side values."""
@@ -97,3 +101,39 @@ def foreign_parts(value: Any) -> AnswerParts:
     """
     flows = [(f"foreign:{path}", text) for path, text in strings(value) if text]
     return AnswerParts(flows=tuple(flows))
+
+
+NOT_JSON: Any = object()  # what ``read_answer`` returns for text that is not JSON
+
+
+# Deeper than any real answer. The walks over an answer (``strings``) recurse: a
+# value that ``json`` could just parse near the recursion limit would break them.
+MAX_ANSWER_DEPTH = 200
+
+
+def read_answer(data: str) -> Any:
+    """An answer's (or event's) JSON value, or ``NOT_JSON``: not JSON (NaN and Infinity
+    are not), or nested deeper than ``MAX_ANSWER_DEPTH``."""
+    try:
+        value = json.loads(data, parse_constant=_not_a_constant)
+    except (ValueError, RecursionError):
+        return NOT_JSON
+    return value if _shallow(value) else NOT_JSON
+
+
+def _shallow(value: Any) -> bool:
+    level = [value]
+    for _ in range(MAX_ANSWER_DEPTH):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return True
+    return False
+
+
+def _not_a_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

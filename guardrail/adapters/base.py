@@ -98,6 +98,12 @@ class Reply:
 class Adapter(Protocol):
     """Reads one API's request bodies and speaks its refusals and errors."""
 
+    # The ``event:`` names of the API's streams: known values, so not text to screen.
+    event_names: frozenset[str]
+    # How a streamed answer is cut into events: "sse" (server-sent events when the
+    # bytes are SSE, else plain text) or "ndjson" (one JSON value per line).
+    framing: str
+
     def parse_request(self, body: bytes) -> ChatRequest: ...
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply: ...
@@ -110,7 +116,7 @@ class Adapter(Protocol):
 
     def answer_parts(self, body: bytes) -> AnswerParts: ...
 
-    def event_parts(self, data: str) -> AnswerParts | None: ...
+    def event_parts(self, data: str, event: str | None = None) -> AnswerParts | None: ...
 
     def stream_refusal(
         self,
@@ -121,7 +127,35 @@ class Adapter(Protocol):
         model: str | None = None,
         newline: bool = False,
         progress: Progress | None = None,
+        steps: tuple[str, ...] = (),
     ) -> bytes: ...
+
+
+class PartsAsText:
+    """An adapter's ``answer_text`` and ``event_text``, from its parts of answers and events."""
+
+    def answer_parts(self, body: bytes) -> AnswerParts:
+        raise NotImplementedError
+
+    def event_parts(self, data: str, event: str | None = None) -> AnswerParts | None:
+        raise NotImplementedError
+
+    def answer_text(self, body: bytes) -> str:
+        """The text of a complete answer: every string in it (see ``answer_parts``)."""
+        return self.answer_parts(body).text()
+
+    def event_text(self, data: str) -> str:
+        """The text of one streamed event (see ``event_parts``); unreadable: as it is."""
+        parts = self.event_parts(data)
+        return data if parts is None else parts.text()
+
+
+def stream_flag(value: Any, name: str = "'stream'") -> bool:
+    """Whether a request asks for a stream; anything but true, false or null is refused."""
+    if value is not None and not isinstance(value, bool):
+        # 1 or "yes" is false to us and true to JavaScript: refuse what may stream.
+        raise BadRequest("not_chat", f"{name} must be true, false or null")
+    return value is True
 
 
 # Deeper than any real request; checked without recursion (``_check_values``), so

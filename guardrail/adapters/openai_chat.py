@@ -25,6 +25,8 @@ class OpenAIChat:
     """Adapter for the OpenAI chat completions API."""
 
     reads = "messages (every content part, tool call and result), tools, every other string"
+    event_names: frozenset[str] = frozenset()  # chunks carry no event names
+    framing = "sse"
 
     def parse_request(self, body: bytes) -> ChatRequest:
         """Every string of the request a receiver may read, in order (see ``openai_request``)."""
@@ -94,10 +96,11 @@ class OpenAIChat:
         parts = self.event_parts(data)
         return data if parts is None else parts.text()
 
-    def event_parts(self, data: str) -> AnswerParts | None:
+    def event_parts(self, data: str, event: str | None = None) -> AnswerParts | None:
         """Every string of one chunk: what choices stream is a flow, the rest side values.
 
         None when ``data`` is not JSON: the client cannot read it as we would.
+        Chunks stand alone: the ``event`` name and the stream's ``steps`` change nothing.
         """
         try:
             value = json.loads(data, parse_constant=_constant)
@@ -118,6 +121,7 @@ class OpenAIChat:
         model: str | None = None,
         newline: bool = False,
         progress: Progress | None = None,  # chunks are not indexed: unused
+        steps: tuple[str, ...] = (),
     ) -> bytes:
         """The events that end a cut stream: a content_filter chunk, then [DONE].
 

@@ -86,6 +86,7 @@ class OpenAICompletions(OpenAIChat):
         model: str | None = None,
         newline: bool = False,
         progress: Progress | None = None,  # chunks are not indexed: unused
+        steps: tuple[str, ...] = (),  # unused
     ) -> bytes:
         """The chunks that end a cut stream: the message, ``content_filter``, then [DONE]."""
         model = model or request.model or "guardrail"

@@ -162,6 +162,7 @@ class OpenAIResponses(OpenAIChat):
         model: str | None = None,
         newline: bool = False,
         progress: Progress | None = None,
+        steps: tuple[str, ...] = (),  # unused: ``progress`` carries where the stream is
     ) -> bytes:
         """The events that end a cut response: a refusal message item, then ``response.incomplete``.
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
-from guardrail.adapters import ADAPTERS, Adapter, ChatRequest, Reply
+from guardrail.adapters import Adapter, ChatRequest, Reply, build_adapter
 from guardrail.adapters.base import Piece
 from guardrail.decide.cache import Counted, MemoryCache, RedisCache, VerdictCache
 from guardrail.decide.decision import Decision
@@ -93,7 +93,8 @@ class Guard:
             [s.judge for s in policy.output.screens] if policy.output else (),
             [s.judge for s in policy.panel.judges] if policy.panel else (),
         )
-        adapters = {name: ADAPTERS[name]() for name in policy.formats()}
+        json_shape = policy.json_api.shape() if policy.json_api is not None else None
+        adapters = {name: build_adapter(name, json_shape) for name in policy.formats()}
         audit = build_audit(policy, metrics)
         context = policy.input.context_chars
         # Windows overlap by at least one finding of every input judge (judges.reach).

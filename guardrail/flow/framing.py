@@ -44,11 +44,16 @@ class Unit:
     ident: str | None = None
     model: str | None = None
     progress: Progress | None = None
+    step: str | None = None  # where the event moves the stream (see ``AnswerParts.step``)
 
     @property
     def has_text(self) -> bool:
         """Whether there is anything to screen in it."""
         return any(text for _, text in self.flows) or any(self.side)
+
+
+# An event's data and its ``event:`` name (None: none given) -> its parts, None: unreadable.
+ParseEvent = Callable[[str, str | None], AnswerParts | None]
 
 
 class Framer(Protocol):
@@ -79,9 +84,14 @@ class SSEFramer:
     """Server-sent events: one unit per event (its lines up to an empty line)."""
 
     def __init__(
-        self, parse_data: Callable[[str], AnswerParts | None], *, max_event_bytes: int
+        self,
+        parse_data: ParseEvent,
+        *,
+        max_event_bytes: int,
+        event_names: frozenset[str] = frozenset(),
     ) -> None:
         self._parse = parse_data
+        self._names = event_names  # the API's own event names: known values, not text
         self._max = max_event_bytes
         self._buffer = b""
         self._scan = 0  # where the next unread line starts in the buffer
@@ -140,8 +150,13 @@ class SSEFramer:
             return Unit(raw, unreadable=True)
         data: list[str] = []
         lines: list[Flow] = []
+        event: str | None = None  # the last event: line names the event, as clients read it
         for line in self._lines:
             field, colon, value = line.partition(":")
+            if field == "event":
+                event = value.removeprefix(" ")
+                if event in self._names:
+                    continue
             if colon and field == "data":
                 data.append(value.removeprefix(" "))
             elif field == "data":  # "data" alone: an empty data line
@@ -155,22 +170,69 @@ class SSEFramer:
         joined = "\n".join(data)
         if joined.strip() == "[DONE]":
             return Unit(raw, flows=tuple(lines), done=True)
-        parts = self._parse(joined)
+        parts = self._parse(joined, event)
         if parts is None:
             return Unit(raw, unreadable=True)
+        flows = tuple(lines) + parts.flows
         return Unit(
             raw,
-            tuple(lines) + parts.flows,
+            flows,
             parts.side,
             ident=parts.ident,
             model=parts.model,
             progress=parts.progress,
+            step=parts.step,
         )
 
     @staticmethod
     def _decode(line: bytes) -> str:
         # Lines end at ASCII bytes, so a UTF-8 character is never split here.
         return line.decode("utf-8", "replace")
+
+
+class LinesFramer:
+    """JSON lines (NDJSON): one unit per line, its value parsed as one event.
+
+    A line ends at ``\n`` (a ``\r`` before it is part of the line ending, as
+    JSON-lines readers strip it); a blank line carries nothing.
+    """
+
+    def __init__(self, parse_line: ParseEvent, *, max_event_bytes: int) -> None:
+        self._parse = parse_line
+        self._max = max_event_bytes
+        self._buffer = b""
+        self._skipping = False  # inside a line too large to read: dropped until its end
+
+    def feed(self, chunk: bytes) -> list[Unit]:
+        """Complete lines in ``chunk`` plus what was buffered before."""
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        units = [self._unit(line + b"\n") for line in lines]
+        if len(self._buffer) > self._max:
+            units.append(Unit(self._buffer, unreadable=True))
+            self._buffer, self._skipping = b"", True
+        return units
+
+    def flush(self) -> list[Unit]:
+        """An unterminated last line."""
+        tail, self._buffer = self._buffer, b""
+        return [self._unit(tail)] if tail else []
+
+    def _unit(self, raw: bytes) -> Unit:
+        if self._skipping:
+            self._skipping = not raw.endswith(b"\n")
+            return Unit(raw, unreadable=True)
+        line = raw.rstrip(b"\r\n")
+        if not line.strip():
+            return Unit(raw)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return Unit(raw, unreadable=True)  # the client's decoder may fail or replace
+        parts = self._parse(text, None)
+        if parts is None:
+            return Unit(raw, unreadable=True)
+        return Unit(raw, parts.flows, parts.side, ident=parts.ident, model=parts.model)
 
 
 class TextFramer:
@@ -189,7 +251,9 @@ class TextFramer:
         return [Unit(b"", ((TEXT, tail),))] if tail else []
 
 
-def whole_parts(body: bytes, parse_data: Callable[[str], AnswerParts | None]) -> list[Unit]:
+def whole_parts(
+    body: bytes, parse_data: ParseEvent, event_names: frozenset[str] = frozenset()
+) -> list[Unit]:
     """A complete SSE body, cut into its events."""
-    framer = SSEFramer(parse_data, max_event_bytes=len(body) + 1)
+    framer = SSEFramer(parse_data, max_event_bytes=len(body) + 1, event_names=event_names)
     return framer.feed(body) + framer.flush()

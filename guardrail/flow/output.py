@@ -30,7 +30,15 @@ from guardrail.adapters.base import BadRequest
 from guardrail.decide.decision import REFUSING
 from guardrail.decide.guard import Assessment, Guard, Record
 from guardrail.flow.content_coding import Decoder, Undecodable, codings
-from guardrail.flow.framing import Framer, SSEFramer, TextFramer, Unit, looks_like_sse, whole_parts
+from guardrail.flow.framing import (
+    Framer,
+    LinesFramer,
+    SSEFramer,
+    TextFramer,
+    Unit,
+    looks_like_sse,
+    whole_parts,
+)
 from guardrail.flow.windows import Window, Windows
 
 Then = Literal["finish", "refuse"]
@@ -114,6 +122,7 @@ class AnswerScreen:
         self._model: str | None = None
         self._progress = Progress()
         self._released_text = False
+        self._released_steps: list[str] = []  # the stream grammar's steps the client has seen
 
     async def feed(self, message: Message) -> None:
         """One message from the app, in order."""
@@ -241,8 +250,9 @@ class AnswerScreen:
     def _whole_text(self, body: bytes) -> tuple[str, bytes, bool]:
         """The text of a complete answer, the body to release, and whether all of it was read."""
         parse = self.adapter.event_parts
-        if self._sse_header or looks_like_sse(body, final=True):
-            units = whole_parts(body, parse)
+        lines = self.adapter.framing == "ndjson"  # its client reads JSON lines, not SSE
+        if not lines and (self._sse_header or looks_like_sse(body, final=True)):
+            units = whole_parts(body, parse, self.adapter.event_names)
             readable = [u for u in units if not u.unreadable]
             # Fail-open: what cannot be read is stripped, never passed unscreened.
             body = b"".join(u.raw for u in readable)
@@ -318,6 +328,12 @@ class AnswerScreen:
 
     def _frame(self, body: bytes, *, last: bool) -> list[Unit]:
         """Units from the next bytes; the first bytes decide how the body is framed."""
+        if self._framer is None and self.adapter.framing == "ndjson":
+            # The app's client reads JSON lines whatever the bytes look like.
+            self._framer = LinesFramer(
+                self.adapter.event_parts, max_event_bytes=self.stage.max_event_bytes
+            )
+            self._start_releasing()
         if self._framer is None:
             self._sniffed += body
             sse = self._sse_header or looks_like_sse(self._sniffed, final=last)
@@ -340,10 +356,17 @@ class AnswerScreen:
             self._framer = TextFramer()  # unused: marks the framing as decided
             return
         self._framer = (
-            SSEFramer(self.adapter.event_parts, max_event_bytes=self.stage.max_event_bytes)
+            SSEFramer(
+                self.adapter.event_parts,
+                max_event_bytes=self.stage.max_event_bytes,
+                event_names=self.adapter.event_names,
+            )
             if sse
             else TextFramer()
         )
+        self._start_releasing()
+
+    def _start_releasing(self) -> None:
         self._releaser = asyncio.ensure_future(self._release_in_order())
         self._queue_window(self._windows.add(Unit(b"", side=self._header_text)))
 
@@ -422,6 +445,8 @@ class AnswerScreen:
         if unit.raw:
             await self._send({"type": "http.response.body", "body": unit.raw, "more_body": True})
             self._released_text = self._released_text or any(t.strip() for _, t in unit.flows)
+            if unit.step is not None:
+                self._released_steps.append(unit.step)
 
     async def _send_start(self) -> None:
         if not self._started and self._start_message is not None:
@@ -452,7 +477,7 @@ class AnswerScreen:
         """End a started stream with the refusal (the caller holds the write lock)."""
         self._cut = True
         message = self.guard.policy.refusal.message
-        if isinstance(self._framer, SSEFramer):
+        if isinstance(self._framer, SSEFramer | LinesFramer):  # the API's own events
             refusal = self.adapter.stream_refusal(
                 self.request,
                 message=message,
@@ -460,6 +485,7 @@ class AnswerScreen:
                 model=self._model,
                 progress=self._progress,
                 newline=self._released_text,
+                steps=tuple(self._released_steps),
             )
         else:
             refusal = f"\n{message}\n".encode()

@@ -8,6 +8,7 @@ Errors name the file, the line and the field (see ``guardrail.policy.errors``).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from importlib import resources
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +31,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 if TYPE_CHECKING:
     from guardrail.judges.moderation import ModerationRules
 
+from guardrail.adapters.generic_json import JsonShape
+from guardrail.adapters.json_paths import parse_path
 from guardrail.judges.categories import category_key
 from guardrail.policy.errors import PolicyError, explain, read_yaml
 
@@ -313,7 +317,9 @@ JudgeSpec = Annotated[
 
 # --- routes and their API formats ---------------------------------------------
 
-Format = Literal["openai_chat", "openai_responses", "openai_completions"]
+Format = Literal[
+    "openai_chat", "openai_responses", "openai_completions", "anthropic_messages", "json"
+]
 # Where each API is served by default: a route may leave out its path. Generic
 # JSON has none: an in-house app's route is named in the policy.
 DEFAULT_ROUTES: dict[str, str] = {
@@ -536,6 +542,85 @@ class MetricsSettings(_Strict):
     path: str | None = "/metrics"
 
 
+# --- a generic JSON app (format: json) ---------------------------------------
+
+
+def _paths(paths: tuple[str, ...]) -> tuple[str, ...]:
+    for path in paths:
+        parse_path(path)  # its ValueError names the path and what cannot be read
+    return paths
+
+
+def _template(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a template must be plain JSON: {exc}") from None
+    return value
+
+
+JsonPaths = Annotated[tuple[str, ...], AfterValidator(_paths)]
+JsonTemplate = Annotated[dict[str, Any] | list[Any], AfterValidator(_template)]
+
+
+class JsonStream(_Strict):
+    """How a generic JSON app streams: SSE or JSON lines, and the text fields of one event."""
+
+    framing: Literal["sse", "ndjson"] = "sse"
+    text: JsonPaths = ()  # joined across events, as the app's client joins them
+
+
+class JsonApi(_Strict):
+    """Where a generic JSON app carries text, by JSON path (see ``adapters.json_paths``).
+
+    Every string and key of a request is screened, the named text fields and the
+    fields not named alike, except what ``not_text`` lists.
+    """
+
+    text: JsonPaths = ()  # the request's text fields ($.message, $.history[*].content)
+    not_text: JsonPaths = ()  # request fields that are not language (ids, roles)
+    stream_flag: str | None = None  # the request's boolean that asks for a stream ($.stream)
+    answer_text: JsonPaths = ()  # the text fields of a complete answer
+    stream: JsonStream = JsonStream()
+    # Templates: "{message}" (and "{code}" in errors) is replaced in every string.
+    refusal: JsonTemplate = Field(default_factory=lambda: {"message": "{message}", "refused": True})
+    stream_refusal: JsonTemplate | None = None  # the event that ends a refused stream
+    error: JsonTemplate = Field(
+        default_factory=lambda: {"error": {"message": "{message}", "code": "{code}"}}
+    )
+
+    @field_validator("stream_flag")
+    @classmethod
+    def _flag(cls, path: str | None) -> str | None:
+        return None if path is None else _paths((path,))[0]
+
+    @model_validator(mode="after")
+    def _text_stays_text(self) -> JsonApi:
+        # A not_text path over the whole body, or over a field named as text, would
+        # leave the chat text unscreened: a typo must not switch the guard off.
+        for path in map(parse_path, self.not_text):
+            if not path.steps:
+                raise ValueError("not_text cannot be '$': nothing would be screened")
+            for text in map(parse_path, self.text):
+                if path.covers_any(text):
+                    raise ValueError(f"not_text {path.text!r} covers the text field {text.text!r}")
+        return self
+
+    def shape(self) -> JsonShape:
+        """The adapter's reading of this section."""
+        return JsonShape(
+            text=tuple(map(parse_path, self.text)),
+            not_text=tuple(map(parse_path, self.not_text)),
+            stream_flag=parse_path(self.stream_flag) if self.stream_flag else None,
+            answer_text=tuple(map(parse_path, self.answer_text)),
+            framing=self.stream.framing,
+            event_text=tuple(map(parse_path, self.stream.text)),
+            refusal=self.refusal,
+            stream_refusal=self.stream_refusal,
+            error=self.error,
+        )
+
+
 # --- the policy --------------------------------------------------------------
 
 
@@ -547,6 +632,7 @@ class Policy(_Strict):
     # Left out: the default route of the policy's format.
     routes: tuple[Route, ...] = Field(min_length=1)
     format: Format = "openai_chat"  # the API of every route that names none
+    json_api: JsonApi | None = None  # format json: where the app's JSON carries text
     max_body_bytes: PositiveInt = 1_048_576
     judges: dict[str, JudgeSpec] = Field(min_length=1)
     input: InputStage
