@@ -52,6 +52,7 @@ class Record:
     outputs: list[Assessment] = field(default_factory=list)  # one per screened answer window
     first_byte_s: float | None = None  # from arrival to the first body byte sent
     stream_cut: str | None = None  # why a streamed answer was cut short
+    redactions: dict[str, int] = field(default_factory=dict)  # values redacted, by kind
 
 
 @dataclass(frozen=True, slots=True)

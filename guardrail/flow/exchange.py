@@ -22,9 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from guardrail.adapters import BadRequest, ChatRequest, Reply
 from guardrail.decide.decision import REFUSING, Decision
 from guardrail.decide.guard import Assessment, Guard, Record
+from guardrail.decide.redaction import redact_request
 from guardrail.flow.body import ClientGone, check_media_type, decode, parse, read_body
 from guardrail.flow.hold import Hold
 from guardrail.flow.output import AnswerScreen
+from guardrail.flow.restore import Restorer
 from guardrail.flow.routing import query_text
 from guardrail.observe.metrics import child
 
@@ -47,6 +49,7 @@ class GuardedExchange:
         self.sent_all_at: float | None = None  # the response's last byte went to the server
         self.app_report: dict[str, str] = {}  # what the app reports (REPORT_EXTENSION)
         self.app_task: asyncio.Future[None] | None = None  # None until the app is started
+        self.restorer: Restorer | None = None  # puts redacted values back into the answer
 
     async def run(self) -> None:
         """Guard the request; count it whatever happens, and re-raise the app's errors."""
@@ -57,6 +60,10 @@ class GuardedExchange:
         finally:
             if self.record.decision == "allowed" and self.app_report.get("outcome") == "app_error":
                 self.record.decision = "app_error"
+            if self.record.decision == "allowed" and self.record.redactions:
+                self.record.decision = "redacted"
+            for kind, n in self.record.redactions.items():
+                child(self.guard.metrics.redactions, self.guard.policy.name, kind).inc(n)
             self.record.duration_s = time.perf_counter() - self.started
             self.guard.observe(self.record)
             in_flight.dec()  # last, so a request that is not in flight is counted
@@ -69,6 +76,17 @@ class GuardedExchange:
             text = self.record.text = "\n".join(
                 filter(None, (request.text, query_text(self.scope)))
             )
+            # --- redaction: the app and the screens get the request with placeholders ---
+            redaction = await redact_request(self.guard, body, text)
+            if redaction is not None:
+                body, app_scope = redaction.body, _with_length(app_scope, len(redaction.body))
+                request = await parse(self.guard.adapter, body)
+                text = self.record.text = "\n".join(
+                    filter(None, (request.text, query_text(self.scope)))
+                )
+                self.record.redactions = dict(redaction.counts)
+                if redaction.restorable:
+                    self.restorer = Restorer(redaction.restorable)
         except ClientGone:
             return
         except BadRequest as exc:
@@ -201,6 +219,13 @@ class GuardedExchange:
 
     async def _to_client(self, message: Message) -> None:
         """Every message for the client passes here, so its timing is measured once."""
+        if self.restorer is None:
+            await self._sent(message)
+            return
+        for restored in self.restorer.feed(message):
+            await self._sent(restored)
+
+    async def _sent(self, message: Message) -> None:
         await self.send(message)
         if message["type"] == "http.response.body":
             now = time.perf_counter()
@@ -266,6 +291,12 @@ class GuardedExchange:
     async def _reply(self, reply: Reply) -> None:
         for message in reply.messages():
             await self._to_client(message)
+
+
+def _with_length(scope: Scope, length: int) -> Scope:
+    """The scope with its Content-Length set to the rewritten body's."""
+    kept = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+    return {**scope, "headers": [*kept, (b"content-length", str(length).encode())]}
 
 
 def _after_output(record: Record, on_error: str) -> Decision:

@@ -18,12 +18,13 @@ import asyncio
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from guardrail.judges import windows
 from guardrail.judges.base import Verdict
 from guardrail.judges.normalize import normalize, readings
+from guardrail.judges.spans import Span, merged, spans_in
 
 __all__ = ["PII_KINDS", "InjectionJudge", "KeywordJudge", "PIIJudge"]
 
@@ -271,6 +272,22 @@ class KeywordJudge(_LocalJudge):
         label = await _first_label(self._books, await _words_apart(await readings(text)))
         return [] if label is None else [(self._category, label)]
 
+    async def spans(self, text: str) -> list[Span]:
+        """Where the keywords and patterns match, as spans of ``text`` (for redaction).
+
+        Matches found only once joiners are read as spaces ("ig-nore") are not
+        located: the screen that runs after redaction still flags them.
+        """
+        return await spans_in(text, self._found)
+
+    async def _found(self, form: str) -> list[tuple[int, int, str]]:
+        found: list[tuple[int, int, str]] = []
+        for book in self._books:
+            patterns = [book.combined] if book.combined is not None else []
+            for pattern in [*patterns, *(p for p, _ in book.alone)]:
+                found += [(*m.span(), self._category) for m in await _matches(pattern, form)]
+        return found
+
 
 # --- personal data and secrets ------------------------------------------------
 
@@ -366,6 +383,19 @@ async def _any(
 
 def _anything(found: str) -> bool:
     return True
+
+
+async def _matches(
+    pattern: re.Pattern[str],
+    text: str,
+    accept: Callable[[str], bool] = _anything,
+    *,
+    window: int = windows.WINDOW,
+) -> list[re.Match[str]]:
+    """Every match of ``pattern`` in ``text`` that passes ``accept``, a window at a time."""
+    if len(text) <= window:
+        return [m for m in pattern.finditer(text) if m.start() < len(text) and accept(m.group())]
+    return [m async for m in windows.finditer(pattern, text, window=window) if accept(m.group())]
 
 
 async def _has_email(text: str) -> bool:
@@ -500,33 +530,58 @@ def _card_grouping(lengths: list[int]) -> bool:
 
 
 async def _card_inside_run(run: str) -> bool:
-    groups = _DIGIT_GROUP.findall(run)
-    if len(groups) < 2 or sum(map(len, groups)) < 14:
-        return False  # the run is one card at most: the card patterns read it whole
-    for first, group in enumerate(groups):
+    return bool(await _cards_inside_run(run, first_only=True))
+
+
+async def _cards_inside_run(run: str, *, first_only: bool = False) -> list[tuple[int, int]]:
+    """Where cards sit inside a run of digit groups, as (start, end) in ``run``."""
+    groups = list(_DIGIT_GROUP.finditer(run))
+    if len(groups) < 2 or sum(len(g.group()) for g in groups) < 14:
+        return []  # the run is one card at most: the card patterns read it whole
+    found: list[tuple[int, int]] = []
+    first = 0
+    while first < len(groups):
         if first and first % _GROUPS_PER_TURN == 0:
             await asyncio.sleep(0)
+        group = groups[first].group()
         if not 2 <= int(group[0]) <= 6:
+            first += 1
             continue
         if len(group) != 4:
             # Every grouping of two groups or more starts with four digits
             # (``_card_grouping``): this group can only be a card alone.
             if 13 <= len(group) <= 19 and _card_number(group):
-                return True
+                found.append(groups[first].span())
+                if first_only:
+                    return found
+            first += 1
             continue
-        digits = 0
-        for last in range(first, len(groups)):
-            digits += len(groups[last])
-            if digits > 19:
-                break
-            stretch = groups[first : last + 1]
-            if (
-                digits >= 13
-                and _card_grouping([len(g) for g in stretch])
-                and _card_number("".join(stretch))
-            ):
-                return True
-    return False
+        card = _card_stretch(groups, first)
+        if card is None:
+            first += 1
+            continue
+        found.append((groups[first].start(), groups[card].end()))
+        if first_only:
+            return found
+        first = card + 1
+    return found
+
+
+def _card_stretch(groups: list[re.Match[str]], first: int) -> int | None:
+    """The last group of a card that starts at group ``first``, if one does."""
+    digits = 0
+    for last in range(first, len(groups)):
+        digits += len(groups[last].group())
+        if digits > 19:
+            break
+        stretch = [g.group() for g in groups[first : last + 1]]
+        if (
+            digits >= 13
+            and _card_grouping([len(g) for g in stretch])
+            and _card_number("".join(stretch))
+        ):
+            return last
+    return None
 
 
 def _looks_random(key: str) -> bool:
@@ -583,6 +638,56 @@ class PIIJudge(_LocalJudge):
                     found["pii_secret"] = label
                     break
         return list(found.items())
+
+    async def spans(self, text: str) -> list[Span]:
+        """Where the values of this judge's kinds are, as spans of ``text`` (for redaction)."""
+        found = await spans_in(text, self._found)
+        if "secret" in self._kinds:
+            found += await spans_in(text, _secrets_found, fold=False)
+        return merged(found)
+
+    async def _found(self, form: str) -> list[tuple[int, int, str]]:
+        found: list[tuple[int, int, str]] = []
+        for kind, locate in _LOCATORS.items():
+            if kind in self._kinds:
+                found += [(start, end, kind) for start, end in await locate(form)]
+        return found
+
+
+async def _emails_at(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in await _matches(_EMAIL, text)] if "@" in text else []
+
+
+async def _phones_at(text: str) -> list[tuple[int, int]]:
+    if not await _digits_at_least(text, _PHONE_DIGITS):
+        return []
+    found = await _matches(_PHONE_NANP, text)
+    found += await _matches(_PHONE_INTL, text, _phone_digits)
+    found += await _matches(_PHONE_TRUNK, text, _trunk_number)
+    return [m.span() for m in found]
+
+
+async def _cards_at(text: str) -> list[tuple[int, int]]:
+    if not await _digits_at_least(text, _CARD_DIGITS):
+        return []
+    found = [m.span() for card in _CARDS for m in await _matches(card, text, _card_number)]
+    for run in await _matches(_DIGIT_RUN, text):
+        found += [
+            (run.start() + a, run.start() + b) for a, b in await _cards_inside_run(run.group())
+        ]
+    return found
+
+
+async def _secrets_found(text: str) -> list[tuple[int, int, str]]:
+    return [(*m.span(), "secret") for m in await _matches(_SECRET, text) if _secret_found(m)]
+
+
+# Where each kind's values are in a reading (secrets: in the reading with case kept).
+_LOCATORS: dict[str, Callable[[str], Awaitable[list[tuple[int, int]]]]] = {
+    "email": _emails_at,
+    "phone": _phones_at,
+    "card": _cards_at,
+}
 
 
 # --- prompt injection ---------------------------------------------------------
