@@ -282,7 +282,7 @@ def test_the_same_value_in_two_spellings_is_one_placeholder() -> None:
 def test_a_placeholder_the_user_typed_is_never_restored_to_another_value() -> None:
     redaction = asyncio.run(redact([PII], body_of(f"<EMAIL_1> is not me, {EMAIL} is")))
     assert redaction is not None
-    assert contents(redaction.body) == [f"<EMAIL_1> is not me, <EMAIL_2> is"]
+    assert contents(redaction.body) == ["<EMAIL_1> is not me, <EMAIL_2> is"]
     assert redaction.restorable == {"<EMAIL_2>": EMAIL}
     answer = restored(redaction.restorable, [complete("<EMAIL_1> and <EMAIL_2>")])
     assert json.loads(answer)["content"] == f"<EMAIL_1> and {EMAIL}"
@@ -322,13 +322,19 @@ def complete(content: str) -> Message:
     }
 
 
+def fed(restorer: Restorer, messages: list[Message]) -> list[Message]:
+    async def run() -> list[Message]:
+        return [m for message in messages for m in await restorer.feed(message)]
+
+    return asyncio.run(run())
+
+
 def restored(originals: dict[str, str], answers: list[Message]) -> bytes:
     restorer = Restorer(originals)
     out: list[Message] = []
     for answer in answers:
         start = {k: v for k, v in answer.items() if k != "body"}
-        out += restorer.feed(start)
-        out += restorer.feed({"type": "http.response.body", "body": answer["body"]})
+        out += fed(restorer, [start, {"type": "http.response.body", "body": answer["body"]}])
     return b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
 
 
@@ -365,11 +371,17 @@ def test_a_streamed_placeholder_cut_anywhere_is_restored_and_nothing_more_is_hel
     cut %= len(text) + 1
     body = sse([text[:cut], text[cut:]])
     byte %= len(body) + 1
-    restorer = Restorer(originals)
     start = {"type": "http.response.start", "status": 200, "headers": []}
-    out = restorer.feed(start)
-    for piece, more in ((body[:byte], True), (body[byte:], False)):
-        out += restorer.feed({"type": "http.response.body", "body": piece, "more_body": more})
+    out = fed(
+        Restorer(originals),
+        [
+            start,
+            *(
+                {"type": "http.response.body", "body": piece, "more_body": more}
+                for piece, more in ((body[:byte], True), (body[byte:], False))
+            ),
+        ],
+    )
     received = read_sse(b"".join(m.get("body", b"") for m in out[1:]))
     expected = text
     for placeholder, value in originals.items():
@@ -387,12 +399,17 @@ def test_a_streamed_placeholder_cut_anywhere_is_restored_and_nothing_more_is_hel
 
 
 def test_a_plain_text_stream_restores_across_chunks() -> None:
-    restorer = Restorer({"<EMAIL_1>": EMAIL})
-    out = restorer.feed({"type": "http.response.start", "status": 200, "headers": []})
     text = b"hello <EMAIL_1>, bye <EMA"
-    for i in range(len(text)):
-        out += restorer.feed(
-            {"type": "http.response.body", "body": text[i : i + 1], "more_body": True}
-        )
-    out += restorer.feed({"type": "http.response.body", "body": b""})
+    chunks = [
+        {"type": "http.response.body", "body": text[i : i + 1], "more_body": True}
+        for i in range(len(text))
+    ]
+    out = fed(
+        Restorer({"<EMAIL_1>": EMAIL}),
+        [
+            {"type": "http.response.start", "status": 200, "headers": []},
+            *chunks,
+            {"type": "http.response.body", "body": b""},
+        ],
+    )
     assert b"".join(m.get("body", b"") for m in out[1:]) == f"hello {EMAIL}, bye <EMA".encode()

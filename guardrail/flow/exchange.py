@@ -222,7 +222,7 @@ class GuardedExchange:
         if self.restorer is None:
             await self._sent(message)
             return
-        for restored in self.restorer.feed(message):
+        for restored in await self.restorer.feed(message):
             await self._sent(restored)
 
     async def _sent(self, message: Message) -> None:
