@@ -21,8 +21,10 @@ from served import Served, wait_for
 
 from examples.chat_app import create_app
 from guardrail import GuardrailMiddleware, parse_policy
+from guardrail.adapters import OpenAIChat
 from guardrail.decide.redaction import Redacting, redact
 from guardrail.flow.restore import Restorer
+from guardrail.flow.rewrite import flow_texts
 from guardrail.judges.local import KeywordJudge, PIIJudge
 from guardrail.policy.errors import PolicyError
 
@@ -31,6 +33,7 @@ CARD = "4111 1111 1111 1111"
 PHONE = "(415) 555-2671"
 
 Message = dict[str, Any]
+FLOWS = flow_texts(OpenAIChat())
 
 
 def redaction_policy(*, restore: bool = True, extra: str = "") -> Any:
@@ -330,7 +333,7 @@ def fed(restorer: Restorer, messages: list[Message]) -> list[Message]:
 
 
 def restored(originals: dict[str, str], answers: list[Message]) -> bytes:
-    restorer = Restorer(originals)
+    restorer = Restorer(originals, FLOWS)
     out: list[Message] = []
     for answer in answers:
         start = {k: v for k, v in answer.items() if k != "body"}
@@ -373,7 +376,7 @@ def test_a_streamed_placeholder_cut_anywhere_is_restored_and_nothing_more_is_hel
     byte %= len(body) + 1
     start = {"type": "http.response.start", "status": 200, "headers": []}
     out = fed(
-        Restorer(originals),
+        Restorer(originals, FLOWS),
         [
             start,
             *(
@@ -405,7 +408,7 @@ def test_a_plain_text_stream_restores_across_chunks() -> None:
         for i in range(len(text))
     ]
     out = fed(
-        Restorer({"<EMAIL_1>": EMAIL}),
+        Restorer({"<EMAIL_1>": EMAIL}, FLOWS),
         [
             {"type": "http.response.start", "status": 200, "headers": []},
             *chunks,
@@ -413,3 +416,87 @@ def test_a_plain_text_stream_restores_across_chunks() -> None:
         ],
     )
     assert b"".join(m.get("body", b"") for m in out[1:]) == f"hello {EMAIL}, bye <EMA".encode()
+
+
+# --- redacting the answer instead of cutting it ---------------------------------------
+
+
+def output_policy(mode: str = "hold_back") -> Any:
+    return redaction_policy(
+        extra=(
+            "output:\n"
+            f"  mode: {mode}\n"
+            "  on_flag: redact\n"
+            "  window_chars: 80\n"
+            "  screens: [{judge: pii}]\n"
+        )
+    )
+
+
+def answering_app(answer: str, *, stream: bool) -> Any:
+    """Answers every request with ``answer``: whole, or one character per event."""
+
+    async def app(scope: Message, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        if not stream:
+            body = json.dumps(
+                {
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": "m",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": answer},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            ).encode()
+            headers = [(b"content-type", b"application/json")]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
+        for char in answer:
+            chunk = {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": char}, "finish_reason": None}],
+            }
+            event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    return app
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_with_personal_data_is_redacted_not_cut(stream: bool) -> None:
+    answer = "Our support: (212) 555-0147 ext 9, or bo@example.net, or card 4111111111111111."
+    for served in serve(output_policy(), answering_app(answer, stream=stream)):
+        got = ask(served.client(), "how do I reach support?", stream=stream)
+        assert got == "Our support: <PHONE_1> ext 9, or <EMAIL_1>, or card <CARD_1>."
+        assert served.value("guardrail_requests_total", decision="redacted") == 1
+        assert served.value("guardrail_redactions_total", kind="email") == 1
+        assert served.value("guardrail_streams_cut_total", reason="flag") == 0
+
+
+def test_answer_placeholders_are_numbered_after_the_requests() -> None:
+    for served in serve(output_policy(), answering_app("write to bo@example.net", stream=True)):
+        got = ask(served.client(), f"I am {EMAIL}", stream=True)
+        assert served.app.last()["messages"][0]["content"] == "I am <EMAIL_1>"
+        assert got == "write to <EMAIL_2>"  # the app's value, never restored as the user's
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_users_values_come_back_through_an_output_stage_that_redacts(stream: bool) -> None:
+    for served in serve(output_policy()):
+        assert ask(served.client(), f"I am {EMAIL}", stream=stream) == f"You said: I am {EMAIL}"

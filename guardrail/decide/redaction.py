@@ -97,7 +97,7 @@ async def redact(
         data = json.loads(body)
     slots = list(_strings(data))
     taken = {p for _, _, value in slots for p in PLACEHOLDER.findall(value)}
-    book = _Placeholders(taken)
+    book = PlaceholderBook(taken)
     changed = False
     for container, key, value in slots:
         if key == "model" and container is data:
@@ -139,7 +139,7 @@ def _strings(data: Any) -> Iterator[tuple[Any, Any, str]]:
                 stack.append(value)
 
 
-class _Placeholders:
+class PlaceholderBook:
     """Placeholders issued for one request: one per value, numbered per kind, none already typed."""
 
     def __init__(self, taken: set[str]) -> None:

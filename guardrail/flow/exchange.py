@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
@@ -23,10 +24,12 @@ from guardrail.adapters import BadRequest, ChatRequest, Reply
 from guardrail.decide.decision import REFUSING, Decision
 from guardrail.decide.guard import Assessment, Guard, Record
 from guardrail.decide.redaction import redact_request
+from guardrail.flow.answer_redaction import answer_redactor
 from guardrail.flow.body import ClientGone, check_media_type, decode, parse, read_body
 from guardrail.flow.hold import Hold
 from guardrail.flow.output import AnswerScreen
 from guardrail.flow.restore import Restorer
+from guardrail.flow.rewrite import flow_texts
 from guardrail.flow.routing import query_text
 from guardrail.observe.metrics import child
 
@@ -50,6 +53,7 @@ class GuardedExchange:
         self.app_report: dict[str, str] = {}  # what the app reports (REPORT_EXTENSION)
         self.app_task: asyncio.Future[None] | None = None  # None until the app is started
         self.restorer: Restorer | None = None  # puts redacted values back into the answer
+        self.issued: frozenset[str] = frozenset()  # the placeholders the app was given
 
     async def run(self) -> None:
         """Guard the request; count it whatever happens, and re-raise the app's errors."""
@@ -85,8 +89,10 @@ class GuardedExchange:
                     filter(None, (request.text, query_text(self.scope)))
                 )
                 self.record.redactions = dict(redaction.counts)
+                self.issued = redaction.issued
                 if redaction.restorable:
-                    self.restorer = Restorer(redaction.restorable)
+                    flows = flow_texts(self.guard.adapter)
+                    self.restorer = Restorer(redaction.restorable, flows)
         except ClientGone:
             return
         except BadRequest as exc:
@@ -173,8 +179,11 @@ class GuardedExchange:
         idle_s = self.guard.policy.output.idle_timeout_s
         answer = AnswerScreen(self.guard, request, self._to_client, self.record)
         finished: asyncio.Future[None] = asyncio.ensure_future(self._until(answer.finished))
+        redactor = answer_redactor(self.guard, self.issued)  # output.on_flag: redact
         try:
-            await hold.release(to=answer.feed)
+            await hold.release(
+                to=answer.feed if redactor is None else redactor.feeding(answer.feed)
+            )
             while not finished.done():
                 if watcher.done() and self.sent_all_at is None:
                     await self._cancel_app(app_task, "client_disconnected")
@@ -198,6 +207,9 @@ class GuardedExchange:
         finally:
             finished.cancel()
             await answer.aclose()
+            if redactor is not None:
+                counts = redactor.counts + Counter(self.record.redactions)
+                self.record.redactions = dict(counts)
         self.record.decision = _after_output(self.record, self.guard.policy.on_error)
         if answer.app_failed:
             self.record.decision = "app_error"  # nothing usable came: an error reply, not a refusal

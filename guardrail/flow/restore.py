@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from starlette.types import Message
 
-from guardrail.flow.rewrite import Rewriter
+from guardrail.flow.rewrite import FlowTexts, Rewriter
 
 
 class Placeholders:
@@ -57,9 +57,9 @@ class Placeholders:
 class Restorer:
     """One request's restoring, in front of the client; ``feed`` returns the messages to send."""
 
-    def __init__(self, originals: Mapping[str, str]) -> None:
+    def __init__(self, originals: Mapping[str, str], flow_texts: FlowTexts) -> None:
         placeholders = Placeholders(originals)
-        self._rewriter = Rewriter(placeholders.piece, placeholders.relevant)
+        self._rewriter = Rewriter(placeholders.piece, placeholders.relevant, flow_texts)
 
     async def feed(self, message: Message) -> list[Message]:
         """One message for the client; the messages to send in its place."""

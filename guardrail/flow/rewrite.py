@@ -33,12 +33,16 @@ from starlette.datastructures import Headers
 from starlette.types import Message
 
 from guardrail.adapters.answer import AnswerParts
+from guardrail.adapters.base import Adapter
 from guardrail.flow.framing import SSEFramer, looks_like_sse
 
 # (place, text, final) -> (text to send, tail held back). ``final``: nothing follows.
 Rewrite = Callable[[str, str, bool], Awaitable[tuple[str, str]]]
 # Whether a decoded answer may hold anything to rewrite (a cheap test: most do not).
 Relevant = Callable[[str], bool]
+# The strings of one event's data that a client joins across events (the adapter's
+# flows: ``delta.content``, tool call arguments); only they hold a tail back.
+FlowTexts = Callable[[str], frozenset[str]]
 
 _ANY_FIELD = AnswerParts()  # the framer only cuts events here; their strings are read below
 _LINE = re.compile(r"\r\n|\r|\n")
@@ -48,8 +52,9 @@ TEXT_PLACE = "text"
 class Rewriter:
     """Sits in front of the client for one answer; ``feed`` returns the messages to send."""
 
-    def __init__(self, rewrite: Rewrite, relevant: Relevant) -> None:
-        self._rewrite, self._relevant = rewrite, relevant
+    def __init__(self, rewrite: Rewrite, relevant: Relevant, flow_texts: FlowTexts) -> None:
+        self._rewrite, self._relevant, self._flow_texts = rewrite, relevant, flow_texts
+        self._flow_places: set[str] = set()  # places whose strings were flows
         self._mode: str | None = None  # whole, sse, text or pass; decided by the response start
         self._start: Message | None = None
         self._held: list[bytes] = []
@@ -159,13 +164,19 @@ class Rewriter:
             return raw  # the client cannot read it as JSON either: no string to rewrite
         if self._first is None:
             self._first = dict(_places(parsed))
-        rewritten = await _map_strings(parsed, lambda p, v: self._piece(p, v, parsed))
+        flows = self._flow_texts(joined)
+        rewritten = await _map_strings(parsed, lambda p, v: self._piece(p, v, parsed, flows))
         others = [line for line in lines if not _is_data(line)]
         payload = json.dumps(rewritten, ensure_ascii=False, separators=(",", ":"))
         return "".join(f"{line}\n" for line in [*others, f"data: {payload}"]).encode() + b"\n"
 
-    async def _piece(self, place: str, value: str, event: Any) -> str:
-        sent, held = await self._rewrite(place, self._carried.pop(place, "") + value, False)
+    async def _piece(self, place: str, value: str, event: Any, flows: frozenset[str]) -> str:
+        # An id or a model name repeats in every event: rewritten whole, never joined.
+        flow = value in flows
+        if flow:
+            self._flow_places.add(place)
+        text = self._carried.pop(place, "") + value
+        sent, held = await self._rewrite(place, text, not flow)
         if held:
             self._carried[place] = held
             self._cut_from[place] = event
@@ -179,13 +190,25 @@ class Rewriter:
             sent, _ = await self._rewrite(place, held, True)
 
             async def copied(p: str, v: str, place: str = place, sent: str = sent) -> str:
-                return sent if p == place else v if first.get(p) == v else ""
+                if p == place:
+                    return sent
+                return v if first.get(p) == v and p not in self._flow_places else ""
 
             event = await _map_strings(copy.deepcopy(self._cut_from[place]), copied)
             payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
             out += f"data: {payload}\n\n".encode()
         self._carried.clear()
         return out
+
+
+def flow_texts(adapter: Adapter) -> FlowTexts:
+    """What the adapter reads as flows in an event's data."""
+
+    def texts(data: str) -> frozenset[str]:
+        parts = adapter.event_parts(data)
+        return frozenset(text for _, text in parts.flows) if parts is not None else frozenset()
+
+    return texts
 
 
 async def _map_strings(
