@@ -480,10 +480,10 @@ def answering_app(answer: str, *, stream: bool) -> Any:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_answer_with_personal_data_is_redacted_not_cut(stream: bool) -> None:
-    answer = "Our support: (212) 555-0147 ext 9, or bo@example.net, or card 4111111111111111."
+    answer = "Our support: (212) 555-2671, or bo@example.net, or card 4111111111111111."
     for served in serve(output_policy(), answering_app(answer, stream=stream)):
         got = ask(served.client(), "how do I reach support?", stream=stream)
-        assert got == "Our support: <PHONE_1> ext 9, or <EMAIL_1>, or card <CARD_1>."
+        assert got == "Our support: <PHONE_1>, or <EMAIL_1>, or card <CARD_1>."
         assert served.value("guardrail_requests_total", decision="redacted") == 1
         assert served.value("guardrail_redactions_total", kind="email") == 1
         assert served.value("guardrail_streams_cut_total", reason="flag") == 0
@@ -500,3 +500,43 @@ def test_answer_placeholders_are_numbered_after_the_requests() -> None:
 def test_the_users_values_come_back_through_an_output_stage_that_redacts(stream: bool) -> None:
     for served in serve(output_policy()):
         assert ask(served.client(), f"I am {EMAIL}", stream=stream) == f"You said: I am {EMAIL}"
+
+
+# --- kinds worth redacting ----------------------------------------------------------
+
+ALL_KINDS = PIIJudge("pii", kinds=("email", "phone", "card", "secret", "iban", "ssn"))
+
+
+@pytest.mark.parametrize(
+    ("text", "found", "kind"),
+    [
+        ("pay to DE89 3704 0044 0532 0130 00 today", "DE89 3704 0044 0532 0130 00", "iban"),
+        ("iban gb82west12345698765432.", "gb82west12345698765432", "iban"),
+        ("ssn 536-22-1234 on file", "536-22-1234", "ssn"),
+        ("write ana at example dot com", "ana at example dot com", "email"),
+        ("ana [at] mail [dot] org", "ana [at] mail [dot] org", "email"),
+        ("ring +49 30 901820 or 212.555.2671", "+49 30 901820", "phone"),
+    ],
+)
+def test_new_kinds_are_found_where_they_are(text: str, found: str, kind: str) -> None:
+    spans = asyncio.run(ALL_KINDS.spans(text))
+    assert (text[spans[0].start : spans[0].end], spans[0].kind) == (found, kind)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DE89 3704 0044 0532 0130 02",  # one digit off: the checksum fails
+        "536-00-1234",  # group 00 is never issued
+        "666-12-3456",  # area 666 is never issued
+        "900-12-3456",  # area 9xx is never issued
+        "078-05-1120 x",  # the SSA's own example number (a phone by the trunk format)
+        "user@example.com",  # a placeholder address
+        "call (212) 555-0147",  # 555-01xx is for fiction
+        "AKIAIOSFODNN7EXAMPLE",  # AWS's documented example key
+        "look at this dot com",
+    ],
+)
+def test_placeholders_and_invalid_numbers_are_not_findings(text: str) -> None:
+    spans = asyncio.run(ALL_KINDS.spans(text))
+    assert [s.kind for s in spans if s.kind != "phone" or "078" not in text] == []

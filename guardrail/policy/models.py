@@ -90,7 +90,8 @@ class PIIJudgeSpec(_Strict):
     """Flags personal data and secrets: emails, phone numbers, card numbers, API keys."""
 
     type: Literal["pii"]
-    kinds: tuple[Literal["email", "phone", "card", "secret"], ...] = (
+    # iban and ssn are asked for by name: not in the default set.
+    kinds: tuple[Literal["email", "phone", "card", "secret", "iban", "ssn"], ...] = (
         "email",
         "phone",
         "card",
