@@ -221,12 +221,14 @@ def test_redact_is_only_for_judges_that_say_where_their_findings_are() -> None:
 # --- a streamed placeholder cut anywhere, through the guard ------------------------
 
 
-def spelling_app(cut: int) -> Any:
-    """Streams the last user message back one character per event, its bytes cut at ``cut``."""
+def spelling_app() -> Any:
+    """Streams the last user message back one character per event, its bytes cut once
+    where the request's ``x-cut`` header says."""
 
     async def app(scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        cut = int(dict(scope["headers"]).get(b"x-cut", b"0"))
         body = json.loads((await receive())["body"])
         text = body["messages"][-1]["content"]
         events = b"".join(
@@ -246,9 +248,27 @@ def spelling_app(cut: int) -> Any:
 
 
 def test_a_placeholder_spelled_out_over_many_events_is_restored() -> None:
-    for served in serve(redaction_policy(), spelling_app(cut=37)):
-        assert ask(served.client(), f"to {EMAIL}!", stream=True) == f"to {EMAIL}!"
+    # The app streams "to <EMAIL_1>!" a character per event (about 70 bytes each),
+    # its bytes cut once: before, inside and after each event of the placeholder.
+    for served in serve(redaction_policy(), spelling_app()):
+        client = served.client()
+        for cut in range(0, 70 * 14, 23):
+            headers = {"x-cut": str(cut)}
+            messages: Any = [{"role": "user", "content": f"to {EMAIL}!"}]
+            chunks = client.chat.completions.create(
+                model="m", messages=messages, stream=True, extra_headers=headers
+            )
+            answer = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert answer == f"to {EMAIL}!", cut
         assert served.app.last()["messages"][0]["content"] == "to <EMAIL_1>!"
+
+
+def test_ten_thousand_values_through_the_guard(guarded: Served_) -> None:
+    text = " ".join(f"user{i}@mail{i % 7}.org" for i in range(10_000))
+    assert ask(guarded.client(), text, stream=False) == f"You said: {text}"
+    received = guarded.app.last()["messages"][0]["content"]
+    assert received == " ".join(f"<EMAIL_{i}>" for i in range(1, 10_001))
+    assert guarded.value("guardrail_redactions_total", kind="email") == 10_000
 
 
 # --- bad input, without a server ------------------------------------------------------
@@ -540,3 +560,17 @@ def test_new_kinds_are_found_where_they_are(text: str, found: str, kind: str) ->
 def test_placeholders_and_invalid_numbers_are_not_findings(text: str) -> None:
     spans = asyncio.run(ALL_KINDS.spans(text))
     assert [s.kind for s in spans if s.kind != "phone" or "078" not in text] == []
+
+
+def test_a_placeholder_typed_in_a_key_or_the_query_is_taken_too() -> None:
+    body = json.dumps(
+        {
+            "model": "m",
+            "metadata": {"<EMAIL_1>": "x"},
+            "messages": [{"role": "user", "content": EMAIL}],
+        }
+    ).encode()
+    redaction = asyncio.run(redact([PII], body, "q=<EMAIL_2>"))
+    assert redaction is not None
+    assert contents(redaction.body) == ["<EMAIL_3>"]
+    assert redaction.restorable == {"<EMAIL_3>": EMAIL}

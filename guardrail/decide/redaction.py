@@ -84,19 +84,21 @@ def redacting_screens(guard: Guard) -> tuple[Redacting, ...]:
 
 
 async def redact(
-    screens: Sequence[Redacting], body: bytes, data: Any | None = None
+    screens: Sequence[Redacting], body: bytes, also_read: str = ""
 ) -> Redaction | None:
     """The body with every value the screens find replaced; None if nothing was found.
 
-    ``data`` is the body already parsed (it was, to screen it); the body is
-    JSON the adapter accepted.
+    The body is JSON the adapter accepted. ``also_read`` is other text the app
+    reads (the query string): placeholders typed there are taken too.
     """
     if not screens:
         return None
-    if data is None:
-        data = json.loads(body)
+    data = json.loads(body)
     slots = list(_strings(data))
-    taken = {p for _, _, value in slots for p in PLACEHOLDER.findall(value)}
+    # Typed anywhere the app reads (values, keys, the query), a placeholder is the
+    # user's text: its number is never issued, so it is never restored.
+    everything = json.dumps(data, ensure_ascii=False) + also_read
+    taken = set(PLACEHOLDER.findall(everything))
     book = PlaceholderBook(taken)
     changed = False
     for container, key, value in slots:
@@ -182,7 +184,7 @@ async def redact_request(guard: Guard, body: bytes, text: str) -> Redaction | No
         return None
     try:
         flagging = [s for s in screens if (await s.judge.screen(text)).flagged]
-        return await redact(flagging, body) if flagging else None
+        return await redact(flagging, body, text) if flagging else None
     except Exception:  # a bug here must not cost the request: the screens still decide
         log.exception("redaction failed; the request is screened as it came")
         return None

@@ -15,11 +15,11 @@ nothing leaks, the answer reads worse).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from starlette.types import Message
 
+from guardrail.decide.redaction import PLACEHOLDER
 from guardrail.flow.rewrite import FlowTexts, Rewriter
 
 
@@ -28,8 +28,6 @@ class Placeholders:
 
     def __init__(self, originals: Mapping[str, str]) -> None:
         self._originals = originals
-        ordered = sorted(originals, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, ordered)))
         self._prefixes = frozenset(p[:n] for p in originals for n in range(1, len(p)))
         self._longest = max(map(len, originals))
 
@@ -37,7 +35,9 @@ class Placeholders:
         """``text`` with every issued placeholder restored."""
         if "<" not in text:
             return text
-        return self._pattern.sub(lambda m: self._originals[m.group()], text)
+        # Any placeholder-shaped text is looked up: one the request did not issue
+        # (or issued for a kind never restored) stays as it is.
+        return PLACEHOLDER.sub(lambda m: self._originals.get(m.group(), m.group()), text)
 
     async def piece(self, place: str, text: str, final: bool) -> tuple[str, str]:
         """The restored text to send now, and the unfinished placeholder to hold back."""
