@@ -89,7 +89,7 @@ def step_us(guard: Guard, payload: bytes, repeats: int) -> tuple[float, int]:
             # A different text each time: the normalisation cache never answers.
             varied = payload.replace(b"Could", f"Could {i}".encode(), 1)
             started = time.perf_counter()
-            redaction = await redact_request(guard, varied, f"{i} {text}")
+            redaction = (await redact_request(guard, varied, f"{i} {text}")).redaction
             times.append(time.perf_counter() - started)
             values = sum(redaction.counts.values()) if redaction else 0
         return times, values

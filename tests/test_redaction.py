@@ -36,7 +36,8 @@ Message = dict[str, Any]
 FLOWS = flow_texts(OpenAIChat())
 
 
-def redaction_policy(*, restore: bool = True, extra: str = "") -> Any:
+def redaction_policy(*, restore: bool = True, extra: str = "", timeout_s: float = 10.0) -> Any:
+    # Generous timeouts: a loaded machine must not turn a redaction into a refusal.
     return parse_policy(
         "name: test\n"
         "routes: [{path: /v1/chat/completions}]\n"
@@ -45,8 +46,9 @@ def redaction_policy(*, restore: bool = True, extra: str = "") -> Any:
         "  words: {type: keywords, keywords: [project hydra]}\n"
         "input:\n"
         "  screens:\n"
-        f"    - {{judge: pii, on_flag: redact, restore: {str(restore).lower()}}}\n"
-        "    - {judge: words, on_flag: redact}\n"
+        f"    - {{judge: pii, on_flag: redact, restore: {str(restore).lower()}, "
+        f"timeout_s: {timeout_s}}}\n"
+        f"    - {{judge: words, on_flag: redact, timeout_s: {timeout_s}}}\n"
         f"{extra}"
     )
 
@@ -263,12 +265,13 @@ def test_a_placeholder_spelled_out_over_many_events_is_restored() -> None:
         assert served.app.last()["messages"][0]["content"] == "to <EMAIL_1>!"
 
 
-def test_ten_thousand_values_through_the_guard(guarded: Served_) -> None:
+def test_ten_thousand_values_through_the_guard() -> None:
     text = " ".join(f"user{i}@mail{i % 7}.org" for i in range(10_000))
-    assert ask(guarded.client(), text, stream=False) == f"You said: {text}"
-    received = guarded.app.last()["messages"][0]["content"]
-    assert received == " ".join(f"<EMAIL_{i}>" for i in range(1, 10_001))
-    assert guarded.value("guardrail_redactions_total", kind="email") == 10_000
+    for guarded in serve(redaction_policy(timeout_s=120.0)):
+        assert ask(guarded.client(), text, stream=False) == f"You said: {text}"
+        received = guarded.app.last()["messages"][0]["content"]
+        assert received == " ".join(f"<EMAIL_{i}>" for i in range(1, 10_001))
+        assert guarded.value("guardrail_redactions_total", kind="email") == 10_000
 
 
 # --- bad input, without a server ------------------------------------------------------
@@ -574,3 +577,43 @@ def test_a_placeholder_typed_in_a_key_or_the_query_is_taken_too() -> None:
     assert redaction is not None
     assert contents(redaction.body) == ["<EMAIL_3>"]
     assert redaction.restorable == {"<EMAIL_3>": EMAIL}
+
+
+def test_redaction_out_of_time_keeps_the_request_from_the_app() -> None:
+    policy = parse_policy(
+        "name: test\n"
+        "routes: [{path: /v1/chat/completions}]\n"
+        "judges: {pii: {type: pii}}\n"
+        "input: {screens: [{judge: pii, on_flag: redact, timeout_s: 0.001}]}\n"
+    )
+    text = " ".join(f"user{i}@mail{i % 7}.org" for i in range(10_000))
+    for served in serve(policy):
+        answer = served.client().chat.completions.create(
+            model="m", messages=[{"role": "user", "content": text}]
+        )
+        assert answer.choices[0].finish_reason == "content_filter"
+        refused = sum(
+            served.value("guardrail_requests_total", decision=d)
+            for d in ("blocked", "error_blocked")
+        )
+        assert refused == 1
+        assert served.app.bodies == []  # the values never reached the app
+
+
+@settings(max_examples=300)
+@given(
+    st.text(
+        alphabet=st.sampled_from(
+            [*"ab AZ@.\t\n09", "\u200b", "\u2060", "\u0301", "\uff21", "\u0430", "\u1e9e"]
+        ),
+        max_size=40,
+    )
+)
+def test_a_mapped_reading_is_the_judges_reading_and_points_back_in_order(text: str) -> None:
+    from guardrail.judges.normalize import mapped_reading, readings
+
+    for spaced, reading in zip((False, True), asyncio.run(readings(text)), strict=False):
+        form, origin = asyncio.run(mapped_reading(text, spaced=spaced))
+        assert form.strip(" ") == reading.strip(" ")
+        assert len(origin) == len(form)
+        assert origin == sorted(origin) and all(0 <= i < len(text) for i in origin)

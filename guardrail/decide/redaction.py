@@ -24,6 +24,7 @@ literal stays text that is never restored.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -62,6 +63,7 @@ class Redacting:
 
     judge: SpanJudge
     restore: bool = False
+    timeout_s: float = 2.0  # the screen's: redaction costs no more than screening would
 
 
 @dataclass(slots=True)
@@ -77,7 +79,7 @@ class Redaction:
 def redacting_screens(guard: Guard) -> tuple[Redacting, ...]:
     """The guard's input screens whose flag redacts (cheap: built per request)."""
     return tuple(
-        Redacting(screen.judge, spec.restore)
+        Redacting(screen.judge, spec.restore, spec.timeout_s)
         for spec, screen in zip(guard.policy.input.screens, guard.screens, strict=True)
         if spec.on_flag == "redact" and isinstance(screen.judge, SpanJudge)
     )
@@ -171,20 +173,35 @@ class PlaceholderBook:
         return placeholder
 
 
-async def redact_request(guard: Guard, body: bytes, text: str) -> Redaction | None:
-    """Redact the request if a redacting screen's judge flags its text; None otherwise.
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the redaction step did: the redaction (None: nothing to redact), or it failed."""
+
+    redaction: Redaction | None = None
+    # Out of time or broken: the app must not start before the verdict, or it
+    # would get the values the policy says it never sees.
+    failed: bool = False
+
+
+async def redact_request(guard: Guard, body: bytes, text: str) -> Outcome:
+    """Redact the request if a redacting screen's judge flags its text.
 
     The judges are first asked about the whole text (the cost on the allow
     path: their readings are cached for the screens that follow); only a flag
-    makes the body be read string by string. A failure here redacts nothing:
-    the screens then run on the request as it came, and their flags refuse it.
+    makes the body be read string by string. Out of time (the longest of the
+    screens' timeouts) or failing, it redacts nothing and says so: the app then
+    waits for the verdict, and the screens, run on the request as it came,
+    refuse it for what they find.
     """
     screens = redacting_screens(guard)
     if not screens:
-        return None
+        return Outcome()
     try:
-        flagging = [s for s in screens if (await s.judge.screen(text)).flagged]
-        return await redact(flagging, body, text) if flagging else None
+        async with asyncio.timeout(max(s.timeout_s for s in screens)):
+            flagging = [s for s in screens if (await s.judge.screen(text)).flagged]
+            return Outcome(await redact(flagging, body, text) if flagging else None)
+    except TimeoutError:
+        log.warning("redaction ran out of time; the request is screened as it came")
     except Exception:  # a bug here must not cost the request: the screens still decide
         log.exception("redaction failed; the request is screened as it came")
-        return None
+    return Outcome(failed=True)

@@ -81,8 +81,8 @@ class GuardedExchange:
                 filter(None, (request.text, query_text(self.scope)))
             )
             # --- redaction: the app and the screens get the request with placeholders ---
-            redaction = await redact_request(self.guard, body, text)
-            if redaction is not None:
+            redacting = await redact_request(self.guard, body, text)
+            if (redaction := redacting.redaction) is not None:
                 body, app_scope = redaction.body, _with_length(app_scope, len(redaction.body))
                 request = await parse(self.guard.adapter, body)
                 text = self.record.text = "\n".join(
@@ -111,7 +111,7 @@ class GuardedExchange:
             self.app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
             return self.app_task
 
-        if self.guard.policy.input.start_app == "parallel":
+        if self.guard.policy.input.start_app == "parallel" and not redacting.failed:
             start_app()
         verdict_task = asyncio.ensure_future(self.guard.assess(text))
         try:

@@ -379,13 +379,17 @@ async def mapped_reading(
     return _spaces_folded("".join(form), origin)
 
 
+# Whitespace that folding changes: a run of two or more, or one that is not a space.
+_FOLDED_WHITESPACE = re.compile(r"\s{2,}|[^\S ]")
+
+
 def _spaces_folded(form: str, origin: list[int]) -> tuple[str, list[int]]:
-    if _WHITESPACE_RUN.search(form) is None:
+    if _FOLDED_WHITESPACE.search(form) is None:
         return form, origin
     kept: list[str] = []
     where: list[int] = []
     done = 0
-    for run in _WHITESPACE_RUN.finditer(form):
+    for run in _FOLDED_WHITESPACE.finditer(form):
         kept.append(form[done : run.start()])
         where.extend(origin[done : run.start()])
         kept.append(" ")
