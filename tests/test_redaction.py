@@ -31,6 +31,7 @@ from guardrail.policy.errors import PolicyError
 EMAIL = "ana@example.org"
 CARD = "4111 1111 1111 1111"
 PHONE = "(415) 555-2671"
+KEY = "sk-proj-" + "Q3eGkV2xMbN7z4Pa" * 3
 
 Message = dict[str, Any]
 FLOWS = flow_texts(OpenAIChat())
@@ -132,19 +133,16 @@ def ask(client: OpenAI, text: str, *, stream: bool) -> str:
 def test_the_app_sees_placeholders_and_the_user_the_originals(
     guarded: Served_, stream: bool
 ) -> None:
-    text = f"Mail {EMAIL} or call {PHONE}; my card is {CARD}. Mail {EMAIL} again."
+    text = f"Mail {EMAIL} or call {PHONE}; card {CARD}, key {KEY}. Mail {EMAIL} again."
     answer = ask(guarded.client(), text, stream=stream)
 
     received = guarded.app.last()["messages"][0]["content"]
-    assert (
-        received == "Mail <EMAIL_1> or call <PHONE_1>; my card is <CARD_1>. Mail <EMAIL_1> again."
-    )
+    sent = "Mail <EMAIL_1> or call <PHONE_1>; card <CARD_1>, key <SECRET_1>. Mail <EMAIL_1> again."
+    assert received == sent
     assert guarded.app.lengths[-1] == str(len(guarded.app.bodies[-1]))
-    # The echo app repeats what it got: restored, except the card, which never comes back.
-    assert (
-        answer
-        == f"You said: Mail {EMAIL} or call {PHONE}; my card is <CARD_1>. Mail {EMAIL} again."
-    )
+    # The echo app repeats what it got: restored, but cards and secrets never come back.
+    restored = f"Mail {EMAIL} or call {PHONE}; card <CARD_1>, key <SECRET_1>. Mail {EMAIL} again."
+    assert answer == f"You said: {restored}"
     assert guarded.value("guardrail_requests_total", decision="redacted") == 1
     assert guarded.value("guardrail_redactions_total", kind="email") == 2
     assert guarded.value("guardrail_redactions_total", kind="card") == 1
