@@ -297,10 +297,18 @@ def test_values_split_by_invisible_characters_are_redacted_whole() -> None:
 
 
 def test_the_same_value_in_two_spellings_is_one_placeholder() -> None:
-    body = body_of(f"{EMAIL} and ANA@Example.ORG", "4111-1111-1111-1111 or 4111 1111 1111 1111")
+    body = body_of(
+        f"{EMAIL} and ANA@Example.ORG",
+        "4111-1111-1111-1111 or 4111 1111 1111 1111",
+        f"{PHONE} or +1 415 555 2671",
+    )
     redaction = asyncio.run(redact([PII], body))
     assert redaction is not None
-    assert contents(redaction.body) == ["<EMAIL_1> and <EMAIL_1>", "<CARD_1> or <CARD_1>"]
+    assert contents(redaction.body) == [
+        "<EMAIL_1> and <EMAIL_1>",
+        "<CARD_1> or <CARD_1>",
+        "<PHONE_1> or <PHONE_1>",
+    ]
 
 
 def test_a_placeholder_the_user_typed_is_never_restored_to_another_value() -> None:
@@ -615,3 +623,20 @@ def test_a_mapped_reading_is_the_judges_reading_and_points_back_in_order(text: s
         assert form.strip(" ") == reading.strip(" ")
         assert len(origin) == len(form)
         assert origin == sorted(origin) and all(0 <= i < len(text) for i in origin)
+
+
+def test_a_streamed_placeholder_cut_at_every_byte_and_every_character() -> None:
+    # Exhaustive next to the property above: every split of the text into two
+    # events, and every byte where the network may cut the stream.
+    text = "hi <EMAIL_1>."
+    for split in range(len(text) + 1):
+        body = sse([text[:split], text[split:]])
+        for byte in range(len(body) + 1):
+            chunks = [
+                {"type": "http.response.body", "body": body[:byte], "more_body": True},
+                {"type": "http.response.body", "body": body[byte:], "more_body": False},
+            ]
+            start = {"type": "http.response.start", "status": 200, "headers": []}
+            out = fed(Restorer({"<EMAIL_1>": EMAIL}, FLOWS), [start, *chunks])
+            received = read_sse(b"".join(m.get("body", b"") for m in out[1:]))
+            assert "".join(received) == f"hi {EMAIL}.", (split, byte)

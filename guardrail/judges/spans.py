@@ -43,9 +43,12 @@ _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
 def _key(kind: str, found: str) -> str:
-    if kind in NUMBER_KINDS:
-        return _NOT_ALNUM.sub("", found).upper()
-    return found.strip()
+    if kind not in NUMBER_KINDS:
+        return found.strip()
+    key = _NOT_ALNUM.sub("", found).upper()
+    if kind == "phone" and len(key) == 11 and key.startswith("1"):
+        key = key[1:]  # +1 415 555 2671 is (415) 555-2671: North America's country code
+    return key
 
 
 async def spans_in(text: str, find: Finder, *, fold: bool = True) -> list[Span]:
