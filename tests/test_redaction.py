@@ -61,6 +61,7 @@ class Recording:
         self.app = app
         self.bodies: list[bytes] = []
         self.lengths: list[str | None] = []
+        self.headers: list[dict[bytes, bytes]] = []
 
     async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -74,6 +75,7 @@ class Recording:
         body = b"".join(m.get("body", b"") for m in messages)
         self.bodies.append(body)
         self.lengths.append(dict(scope["headers"]).get(b"content-length", b"").decode() or None)
+        self.headers.append(dict(scope["headers"]))
         replay = iter(messages)
 
         async def replayed() -> Message:
@@ -640,3 +642,19 @@ def test_a_streamed_placeholder_cut_at_every_byte_and_every_character() -> None:
             out = fed(Restorer({"<EMAIL_1>": EMAIL}, FLOWS), [start, *chunks])
             received = read_sse(b"".join(m.get("body", b"") for m in out[1:]))
             assert "".join(received) == f"hi {EMAIL}.", (split, byte)
+
+
+def test_a_chunked_request_reaches_the_app_whole_with_its_new_length(guarded: Served_) -> None:
+    import httpx
+
+    body = body_of(f"mail {EMAIL}")
+    response = httpx.post(
+        guarded.served.url + "/v1/chat/completions",
+        content=iter([body[:10], body[10:]]),  # sent chunked: no Content-Length
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 200
+    headers = guarded.app.headers[-1]
+    assert b"transfer-encoding" not in headers
+    assert headers[b"content-length"] == str(len(guarded.app.bodies[-1])).encode()
+    assert contents(guarded.app.bodies[-1]) == ["mail <EMAIL_1>"]

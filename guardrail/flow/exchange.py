@@ -306,8 +306,9 @@ class GuardedExchange:
 
 
 def _with_length(scope: Scope, length: int) -> Scope:
-    """The scope with its Content-Length set to the rewritten body's."""
-    kept = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+    """The scope with its Content-Length set to the rewritten body's (sent whole: not chunked)."""
+    dropped = (b"content-length", b"transfer-encoding")
+    kept = [(k, v) for k, v in scope["headers"] if k.lower() not in dropped]
     return {**scope, "headers": [*kept, (b"content-length", str(length).encode())]}
 
 
