@@ -23,7 +23,7 @@ ZWSP = "\u200b"
 SECRETS = {
     "OpenAI API key": "sk-" + "aB3dE5fG7hJ9kL1mN2pQ4rS6tU8vW0xY2zA4bC6dE8fG0h",
     "OpenAI project key": "sk-" + "proj-" + "Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56Qr78St90Uv12Wx34",
-    "AWS access key id": "AKIA" + "IOSFODNN7EXAMPLE",
+    "AWS access key id": "AKIA" + "Q3EGKV2XMBN7Z4PA",  # AKIAIOSFODNN7EXAMPLE is documentation
     "GitHub token (ghp)": "ghp" + "_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
     "GitHub token (gho)": "gho" + "_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2",
     "GitHub token (ghs)": "ghs" + "_" + "Q1w2E3r4T5y6U7i8O9p0A1s2D3f4G5h6J7k8",

@@ -256,6 +256,7 @@ class Traffic:
             "rejected": self.rejected,
             "abandoned": 0,
             "app_error": 0,
+            "redacted": 0,  # this policy redacts nothing (tests/test_redaction.py does)
         }
 
     @property

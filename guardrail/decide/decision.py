@@ -17,6 +17,7 @@ Decision = Literal[
     "rejected",  # the request could not be screened (malformed, too large): refused unscreened
     "abandoned",  # the client left before a decision
     "app_error",  # screened, but the app (or the proxied upstream) failed to answer
+    "redacted",  # every screen passed once the personal data found was redacted (on_flag: redact)
 ]
 
 DECISIONS: tuple[Decision, ...] = (
@@ -28,6 +29,7 @@ DECISIONS: tuple[Decision, ...] = (
     "rejected",
     "abandoned",
     "app_error",
+    "redacted",
 )
 
 REFUSING: frozenset[Decision] = frozenset({"blocked", "error_blocked"})

@@ -57,6 +57,7 @@ class Record:
     first_byte_s: float | None = None  # from arrival to the first body byte sent
     stream_cut: str | None = None  # why a streamed answer was cut short
     app_tokens_saved: int | None = None  # the app's max_tokens when a refusal cancelled it
+    redactions: dict[str, int] = field(default_factory=dict)  # values redacted, by kind
 
 
 @dataclass(frozen=True, slots=True)

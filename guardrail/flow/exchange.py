@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
@@ -22,9 +23,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from guardrail.adapters import BadRequest, ChatRequest, Reply
 from guardrail.decide.decision import REFUSING, Decision
 from guardrail.decide.guard import Assessment, Guard, Record
+from guardrail.decide.redaction import redact_request
+from guardrail.flow.answer_redaction import answer_redactor
 from guardrail.flow.body import ClientGone, check_media_type, decode, parse, read_body
 from guardrail.flow.hold import Hold
 from guardrail.flow.output import AnswerScreen
+from guardrail.flow.restore import Restorer
+from guardrail.flow.rewrite import flow_texts
 from guardrail.flow.routing import query_text, route_path
 from guardrail.observe.metrics import child
 
@@ -49,6 +54,8 @@ class GuardedExchange:
         self.app_task: asyncio.Future[None] | None = None  # None until the app is started
         # The API of the route this request came on: how its body, answer and refusal read.
         self.adapter = guard.adapter_for(scope["method"], route_path(scope))
+        self.restorer: Restorer | None = None  # puts redacted values back into the answer
+        self.issued: frozenset[str] = frozenset()  # the placeholders the app was given
 
     async def run(self) -> None:
         """Guard the request; count it whatever happens, and re-raise the app's errors."""
@@ -59,6 +66,10 @@ class GuardedExchange:
         finally:
             if self.record.decision == "allowed" and self.app_report.get("outcome") == "app_error":
                 self.record.decision = "app_error"
+            if self.record.decision == "allowed" and self.record.redactions:
+                self.record.decision = "redacted"
+            for kind, n in self.record.redactions.items():
+                child(self.guard.metrics.redactions, self.guard.policy.name, kind).inc(n)
             self.record.duration_s = time.perf_counter() - self.started
             self.guard.observe(self.record)
             in_flight.dec()  # last, so a request that is not in flight is counted
@@ -74,7 +85,22 @@ class GuardedExchange:
                     " send it without 'background'",
                 )
             # The receiver reads the query string too: its text is screened with the body.
-            self.record.text = "\n".join(filter(None, (request.text, query_text(self.scope))))
+            text = self.record.text = "\n".join(
+                filter(None, (request.text, query_text(self.scope)))
+            )
+            # --- redaction: the app and the screens get the request with placeholders ---
+            redacting = await redact_request(self.guard, body, text)
+            if (redaction := redacting.redaction) is not None:
+                body, app_scope = redaction.body, _with_length(app_scope, len(redaction.body))
+                request = await parse(self.adapter, body)
+                text = self.record.text = "\n".join(
+                    filter(None, (request.text, query_text(self.scope)))
+                )
+                self.record.redactions = dict(redaction.counts)
+                self.issued = redaction.issued
+                if redaction.restorable:
+                    flows = flow_texts(self.adapter)
+                    self.restorer = Restorer(redaction.restorable, flows)
         except ClientGone:
             return
         except BadRequest as exc:
@@ -93,7 +119,7 @@ class GuardedExchange:
             self.app_task = asyncio.ensure_future(self.app(app_scope, self._replay(body), hold))
             return self.app_task
 
-        if self.guard.policy.input.start_app == "parallel":
+        if self.guard.policy.input.start_app == "parallel" and not redacting.failed:
             start_app()
         # Screened piece by piece (``Guard.assess_request``): ``text`` is what the panel reads.
         query = query_text(self.scope)
@@ -165,8 +191,11 @@ class GuardedExchange:
         idle_s = self.guard.policy.output.idle_timeout_s
         answer = AnswerScreen(self.guard, request, self._to_client, self.record, self.adapter)
         finished: asyncio.Future[None] = asyncio.ensure_future(self._until(answer.finished))
+        redactor = answer_redactor(self.guard, self.issued, self.adapter)  # output.on_flag: redact
         try:
-            await hold.release(to=answer.feed)
+            await hold.release(
+                to=answer.feed if redactor is None else redactor.feeding(answer.feed)
+            )
             while not finished.done():
                 if watcher.done() and self.sent_all_at is None:
                     await self._cancel_app(app_task, "client_disconnected")
@@ -190,6 +219,9 @@ class GuardedExchange:
         finally:
             finished.cancel()
             await answer.aclose()
+            if redactor is not None:
+                counts = redactor.counts + Counter(self.record.redactions)
+                self.record.redactions = dict(counts)
         self.record.decision = _after_output(self.record, self.guard.policy.on_error)
         if answer.app_failed:
             self.record.decision = "app_error"  # nothing usable came: an error reply, not a refusal
@@ -211,6 +243,13 @@ class GuardedExchange:
 
     async def _to_client(self, message: Message) -> None:
         """Every message for the client passes here, so its timing is measured once."""
+        if self.restorer is None:
+            await self._sent(message)
+            return
+        for restored in await self.restorer.feed(message):
+            await self._sent(restored)
+
+    async def _sent(self, message: Message) -> None:
         await self.send(message)
         if message["type"] == "http.response.body":
             now = time.perf_counter()
@@ -276,6 +315,13 @@ class GuardedExchange:
     async def _reply(self, reply: Reply) -> None:
         for message in reply.messages():
             await self._to_client(message)
+
+
+def _with_length(scope: Scope, length: int) -> Scope:
+    """The scope with its Content-Length set to the rewritten body's (sent whole: not chunked)."""
+    dropped = (b"content-length", b"transfer-encoding")
+    kept = [(k, v) for k, v in scope["headers"] if k.lower() not in dropped]
+    return {**scope, "headers": [*kept, (b"content-length", str(length).encode())]}
 
 
 def _after_output(record: Record, on_error: str) -> Decision:

@@ -31,6 +31,8 @@ DESCRIPTIONS: dict[str, str] = {
     "pii_email": "an email address",
     "pii_phone": "a phone number",
     "pii_secret": "a secret: an API key, access token, private key or password",
+    "pii_iban": "an international bank account number (IBAN)",
+    "pii_ssn": "a US social security number",
 }
 
 # Runs of anything but letters and digits separate a name's words.

@@ -18,12 +18,13 @@ import asyncio
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from guardrail.judges import windows
+from guardrail.judges import phones, windows
 from guardrail.judges.base import Verdict
 from guardrail.judges.normalize import normalize, readings
+from guardrail.judges.spans import Span, merged, spans_in
 
 __all__ = ["PII_KINDS", "InjectionJudge", "KeywordJudge", "PIIJudge"]
 
@@ -271,10 +272,26 @@ class KeywordJudge(_LocalJudge):
         label = await _first_label(self._books, await _words_apart(await readings(text)))
         return [] if label is None else [(self._category, label)]
 
+    async def spans(self, text: str) -> list[Span]:
+        """Where the keywords and patterns match, as spans of ``text`` (for redaction).
+
+        Matches found only once joiners are read as spaces ("ig-nore") are not
+        located: the screen that runs after redaction still flags them.
+        """
+        return await spans_in(text, self._found)
+
+    async def _found(self, form: str) -> list[tuple[int, int, str]]:
+        found: list[tuple[int, int, str]] = []
+        for book in self._books:
+            patterns = [book.combined] if book.combined is not None else []
+            for pattern in [*patterns, *(p for p, _ in book.alone)]:
+                found += [(*m.span(), self._category) for m in await _matches(pattern, form)]
+        return found
+
 
 # --- personal data and secrets ------------------------------------------------
 
-PII_KINDS = ("email", "phone", "card", "secret")
+PII_KINDS = ("email", "phone", "card", "secret", "iban", "ssn")
 
 # Bounded by RFC 5321's lengths, so a long text can be searched in windows.
 _EMAIL = re.compile(
@@ -368,8 +385,65 @@ def _anything(found: str) -> bool:
     return True
 
 
+async def _matches(
+    pattern: re.Pattern[str],
+    text: str,
+    accept: Callable[[str], bool] = _anything,
+    *,
+    window: int = windows.WINDOW,
+) -> list[re.Match[str]]:
+    """Every match of ``pattern`` in ``text`` that passes ``accept``, a window at a time."""
+    if len(text) <= window:
+        return [m for m in pattern.finditer(text) if m.start() < len(text) and accept(m.group())]
+    return [m async for m in windows.finditer(pattern, text, window=window) if accept(m.group())]
+
+
+# Addresses documentation and forms use as placeholders: RFC 2606's example
+# domains with a local part that names no one ("user@example.com"). A named
+# person at an example domain (jane.doe@example.com) is still flagged: tests
+# and demos write real-looking data that way.
+_EXAMPLE_DOMAINS = frozenset({"example.com", "example.org", "example.net"})
+_PLACEHOLDER_LOCALS = frozenset(
+    "user username name email mail you your.name yourname someone somebody "
+    "firstname.lastname first.last".split()
+)
+
+# "ana at example dot com", "ana (at) example [dot] org": an address spelled
+# out so that a regex for "@" misses it. The last word must be a common top
+# level domain, which keeps prose ("look at this dot com") from most matches.
+_SPELLED_AT = r"(?: ?[(\[{]at[)\]}] ?| at )"
+_SPELLED_DOT = r"(?: ?[(\[{]dot[)\]}] ?| dot |\.)"
+_EMAIL_SPELLED = re.compile(
+    rf"(?<![\w.+-])[a-z0-9][\w.+-]{{0,63}}+{_SPELLED_AT}[a-z0-9][\w-]{{0,62}}+"
+    rf"(?:{_SPELLED_DOT}[a-z0-9][\w-]{{0,62}}+){{0,3}}?{_SPELLED_DOT}"
+    r"(?:com|org|net|edu|gov|io|co|uk|de|fr|es|it|nl|info|biz|me|us|ca|au)(?![\w-])"
+)
+
+
+def _real_email(found: str) -> bool:
+    local, _, domain = found.rpartition("@")
+    return not (domain in _EXAMPLE_DOMAINS and local in _PLACEHOLDER_LOCALS)
+
+
+def _spelled_out(text: str) -> bool:
+    return ("at" in text and "dot" in text) or "[at]" in text or "(at)" in text
+
+
+# Words that stand before " at " in prose ("look at", "meet me at"): not a mailbox.
+_PROSE_BEFORE_AT = frozenset(
+    "look looking looked me him her us them it this that you good bad best "
+    "arrive arrived stay stayed meet work home school here there out".split()
+)
+
+
+def _spelled_email(found: str) -> bool:
+    return found.split(" ", 1)[0] not in _PROSE_BEFORE_AT
+
+
 async def _has_email(text: str) -> bool:
-    return "@" in text and await _any(_EMAIL, text, _anything)
+    if "@" in text and await _any(_EMAIL, text, _real_email):
+        return True
+    return _spelled_out(text) and await _any(_EMAIL_SPELLED, text, _spelled_email)
 
 
 def _phone_digits(number: str) -> bool:
@@ -424,10 +498,17 @@ async def _has_phone(text: str) -> bool:
 
 async def _has_phone_scanned(text: str) -> bool:
     return (
-        await _any(_PHONE_NANP, text, _anything)
+        await _any(_PHONE_NANP, text, _not_fictional)
         or await _any(_PHONE_INTL, text, _phone_digits)
         or await _any(_PHONE_TRUNK, text, _trunk_number)
+        or bool(await phones.found(text, _not_fictional, first_only=True))
     )
+
+
+def _not_fictional(number: str) -> bool:
+    # 555-0100 to 555-0199 are reserved for fiction and examples in North America.
+    digits = "".join(char for char in number if char.isdecimal())
+    return not (digits[-7:-4] == "555" and digits[-4:-2] == "01")
 
 
 def _card_number(found: str) -> bool:
@@ -500,33 +581,58 @@ def _card_grouping(lengths: list[int]) -> bool:
 
 
 async def _card_inside_run(run: str) -> bool:
-    groups = _DIGIT_GROUP.findall(run)
-    if len(groups) < 2 or sum(map(len, groups)) < 14:
-        return False  # the run is one card at most: the card patterns read it whole
-    for first, group in enumerate(groups):
+    return bool(await _cards_inside_run(run, first_only=True))
+
+
+async def _cards_inside_run(run: str, *, first_only: bool = False) -> list[tuple[int, int]]:
+    """Where cards sit inside a run of digit groups, as (start, end) in ``run``."""
+    groups = list(_DIGIT_GROUP.finditer(run))
+    if len(groups) < 2 or sum(len(g.group()) for g in groups) < 14:
+        return []  # the run is one card at most: the card patterns read it whole
+    found: list[tuple[int, int]] = []
+    first = 0
+    while first < len(groups):
         if first and first % _GROUPS_PER_TURN == 0:
             await asyncio.sleep(0)
+        group = groups[first].group()
         if not 2 <= int(group[0]) <= 6:
+            first += 1
             continue
         if len(group) != 4:
             # Every grouping of two groups or more starts with four digits
             # (``_card_grouping``): this group can only be a card alone.
             if 13 <= len(group) <= 19 and _card_number(group):
-                return True
+                found.append(groups[first].span())
+                if first_only:
+                    return found
+            first += 1
             continue
-        digits = 0
-        for last in range(first, len(groups)):
-            digits += len(groups[last])
-            if digits > 19:
-                break
-            stretch = groups[first : last + 1]
-            if (
-                digits >= 13
-                and _card_grouping([len(g) for g in stretch])
-                and _card_number("".join(stretch))
-            ):
-                return True
-    return False
+        card = _card_stretch(groups, first)
+        if card is None:
+            first += 1
+            continue
+        found.append((groups[first].start(), groups[card].end()))
+        if first_only:
+            return found
+        first = card + 1
+    return found
+
+
+def _card_stretch(groups: list[re.Match[str]], first: int) -> int | None:
+    """The last group of a card that starts at group ``first``, if one does."""
+    digits = 0
+    for last in range(first, len(groups)):
+        digits += len(groups[last].group())
+        if digits > 19:
+            break
+        stretch = [g.group() for g in groups[first : last + 1]]
+        if (
+            digits >= 13
+            and _card_grouping([len(g) for g in stretch])
+            and _card_number("".join(stretch))
+        ):
+            return last
+    return None
 
 
 def _looks_random(key: str) -> bool:
@@ -549,7 +655,9 @@ def _secret_found(match: re.Match[str]) -> str | None:
     """The label of a secret format match, or None if it is not one after all."""
     text, start = match.string, match.start()
     label = next((label for p, label in _SECRET_MEMBERS if p.match(text, start)), None)
-    if label is not None and (label != "OpenAI API key" or _looks_random(match.group())):
+    if label is None or "EXAMPLE" in match.group():
+        return None  # documented example keys (AWS's AKIAIOSFODNN7EXAMPLE) are no one's
+    if label != "OpenAI API key" or _looks_random(match.group()):
         return label
     return None
 
@@ -572,6 +680,8 @@ class PIIJudge(_LocalJudge):
             ("email", "pii_email", "email address", _has_email),
             ("phone", "pii_phone", "phone number", _has_phone),
             ("card", "pii_card", "card number", _has_card),
+            ("iban", "pii_iban", "IBAN", _has_iban),
+            ("ssn", "pii_ssn", "social security number", _has_ssn),
         )
         for folded in await readings(text):
             for kind, category, reason, has in checks:
@@ -583,6 +693,117 @@ class PIIJudge(_LocalJudge):
                     found["pii_secret"] = label
                     break
         return list(found.items())
+
+    async def spans(self, text: str) -> list[Span]:
+        """Where the values of this judge's kinds are, as spans of ``text`` (for redaction)."""
+        found = await spans_in(text, self._found)
+        if "secret" in self._kinds:
+            found += await spans_in(text, _secrets_found, fold=False)
+        return merged(found)
+
+    async def _found(self, form: str) -> list[tuple[int, int, str]]:
+        found: list[tuple[int, int, str]] = []
+        for kind, locate in _LOCATORS.items():
+            if kind in self._kinds:
+                found += [(start, end, kind) for start, end in await locate(form)]
+        return found
+
+
+async def _emails_at(text: str) -> list[tuple[int, int]]:
+    found = [m.span() for m in await _matches(_EMAIL, text, _real_email)] if "@" in text else []
+    if _spelled_out(text):
+        found += [m.span() for m in await _matches(_EMAIL_SPELLED, text, _spelled_email)]
+    return found
+
+
+# IBAN: a country code, two check digits, 11 to 30 letters and digits, printed
+# in groups of four or run together; valid when its mod-97 checksum is 1.
+_IBAN = re.compile(r"(?<![a-z0-9])[a-z]{2}[0-9]{2}(?:[ -]?+[a-z0-9]){11,30}+")
+_IBAN_SEPARATORS = re.compile(r"[ -]")
+
+
+def _iban_valid(compact: str) -> bool:
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(char, 36)) for char in rearranged)) % 97 == 1
+
+
+async def _ibans_at(text: str) -> list[tuple[int, int]]:
+    found = []
+    for match in await _matches(_IBAN, text):
+        # The run may take a word that follows ("... 3000 is mine"): the longest
+        # valid stretch that ends where a word ends is the IBAN.
+        value, start = match.group(), match.start()
+        for end in range(len(value), 14, -1):
+            after = text[start + end : start + end + 1]
+            if not value[end - 1].isalnum() or after.isalnum():
+                continue
+            if _iban_valid(_IBAN_SEPARATORS.sub("", value[:end]).upper()):
+                found.append((start, start + end))
+                break
+    return found
+
+
+async def _has_iban(text: str) -> bool:
+    return bool(await _ibans_at(text)) if await _digits_at_least(text, 13) else False
+
+
+# US social security numbers as written (AAA-GG-SSSS, one separator kind): area
+# 001-899 but not 666, group 01-99, serial 0001-9999; numbers the SSA published
+# as examples (on a wallet insert, in adverts) are not anyone's.
+_SSN = re.compile(
+    r"(?<![\w-])(?!000|666|9)[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![\w-]|\.[0-9])"
+)
+_EXAMPLE_SSNS = frozenset({"078051120", "219099999", "123456789"})
+
+
+def _real_ssn(found: str) -> bool:
+    return "".join(char for char in found if char.isdecimal()) not in _EXAMPLE_SSNS
+
+
+async def _ssns_at(text: str) -> list[tuple[int, int]]:
+    if not await _digits_at_least(text, 9):
+        return []
+    return [m.span() for m in await _matches(_SSN, text, _real_ssn)]
+
+
+async def _has_ssn(text: str) -> bool:
+    return bool(await _ssns_at(text))
+
+
+async def _phones_at(text: str) -> list[tuple[int, int]]:
+    if not await _digits_at_least(text, _PHONE_DIGITS):
+        return []
+    found = await _matches(_PHONE_NANP, text, _not_fictional)
+    found += await _matches(_PHONE_INTL, text, _phone_digits)
+    found += await _matches(_PHONE_TRUNK, text, _trunk_number)
+    return [m.span() for m in found] + await phones.found(text, _not_fictional)
+
+
+async def _cards_at(text: str) -> list[tuple[int, int]]:
+    if not await _digits_at_least(text, _CARD_DIGITS):
+        return []
+    found = [m.span() for card in _CARDS for m in await _matches(card, text, _card_number)]
+    for run in await _matches(_DIGIT_RUN, text):
+        found += [
+            (run.start() + a, run.start() + b) for a, b in await _cards_inside_run(run.group())
+        ]
+    return found
+
+
+async def _secrets_found(text: str) -> list[tuple[int, int, str]]:
+    return [(*m.span(), "secret") for m in await _matches(_SECRET, text) if _secret_found(m)]
+
+
+# Where each kind's values are in a reading (secrets: in the reading with case kept).
+_LOCATORS: dict[str, Callable[[str], Awaitable[list[tuple[int, int]]]]] = {
+    "email": _emails_at,
+    "phone": _phones_at,
+    "card": _cards_at,
+    "iban": _ibans_at,
+    "ssn": _ssns_at,
+}
 
 
 # --- prompt injection ---------------------------------------------------------

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-__all__ = ["normalize", "readings", "stream_safe", "strip_invisible"]
+__all__ = ["mapped_reading", "normalize", "readings", "stream_safe", "strip_invisible"]
 
 # Characters normalised between two turns of the event loop: about a
 # millisecond of work, so a 1 MiB body never holds the loop for long and a
@@ -342,3 +342,59 @@ async def _reading(text: str, *, spaced: bool, chunk: int) -> tuple[str, str, bo
         # character eighteen (U+FDFA), and folding works on what it made.
         step = max(64, chunk * len(piece) // max(len(kept[-1]), len(piece)))
     return "".join(kept), "".join(folded).rstrip(" "), saw_invisible
+
+
+# --- readings that keep where each character came from ------------------------
+
+
+async def mapped_reading(
+    text: str, *, spaced: bool = False, fold: bool = True, chunk: int = CHUNK
+) -> tuple[str, list[int]]:
+    """A reading of ``text`` (as ``readings`` makes it) and, for each of its characters,
+    the index in ``text`` of the character it came from.
+
+    For redaction: a match found in the reading maps back to the original
+    characters from its first to its last, so an invisible character inside a
+    value (dropped from the reading) falls inside the span and goes with it.
+    Whitespace runs are one space, as in ``readings``; leading and trailing
+    ones are kept (as one space), which moves no match.
+    """
+    form: list[str] = []
+    origin: list[int] = []
+    for start in range(0, len(text), chunk):
+        if start:
+            await asyncio.sleep(0)
+        piece = text[start : start + chunk]
+        if piece.isascii() and _ASCII_INVISIBLE.search(piece) is None:
+            # Each character reads as itself (or its lower case): one to one.
+            form.append(piece.lower() if fold else piece)
+            origin.extend(range(start, start + len(piece)))
+            continue
+        for offset, char in enumerate(piece):
+            out = _kept(char, spaced=spaced)
+            if fold:
+                out = _folded(out)
+            form.append(out)
+            origin.extend([start + offset] * len(out))
+    return _spaces_folded("".join(form), origin)
+
+
+# Whitespace that folding changes: a run of two or more, or one that is not a space.
+_FOLDED_WHITESPACE = re.compile(r"\s{2,}|[^\S ]")
+
+
+def _spaces_folded(form: str, origin: list[int]) -> tuple[str, list[int]]:
+    if _FOLDED_WHITESPACE.search(form) is None:
+        return form, origin
+    kept: list[str] = []
+    where: list[int] = []
+    done = 0
+    for run in _FOLDED_WHITESPACE.finditer(form):
+        kept.append(form[done : run.start()])
+        where.extend(origin[done : run.start()])
+        kept.append(" ")
+        where.append(origin[run.start()])
+        done = run.end()
+    kept.append(form[done:])
+    where.extend(origin[done:])
+    return "".join(kept), where

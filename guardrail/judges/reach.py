@@ -27,6 +27,8 @@ PII_REACH = {
     "secret": 64,
     "phone": 32,  # "+" and up to 15 digits, brackets and separators
     "email": 64,  # longer addresses are flagged once 64 characters of them are seen together
+    "iban": 34 + 8,  # 34 characters, a space after every four
+    "ssn": 11,
 }
 # Injection phrases are a few words ("ignore all previous instructions").
 INJECTION_REACH = 64

@@ -76,6 +76,7 @@ def encode(
         "app_cancelled": record.app_cancelled,
         "rejected": record.rejected,
         "stream_cut": record.stream_cut,
+        "redactions": dict(record.redactions),  # kinds and counts, never the values
         "text_sha256": None if record.text is None else text_hash(salt, record.text),
         "judges": list(dict.fromkeys(judges)),
         "input": _stage(record.assessment) if record.assessment is not None else None,

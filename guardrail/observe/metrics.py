@@ -247,6 +247,12 @@ class GuardrailMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.redactions = Counter(
+            "guardrail_redactions",
+            "Values replaced by placeholders (on_flag: redact), by kind: in requests and answers.",
+            ["policy", "kind"],
+            registry=registry,
+        )
         self.unknown_tenants = Counter(
             "guardrail_unknown_tenants",
             "Requests naming a tenant with no policy; screened by the default policies.",

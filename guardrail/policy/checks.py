@@ -31,6 +31,7 @@ def problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
             elif screen.categories is not None:
                 loc = (stage, "screens", i, "categories")
                 yield from ((loc, m) for m in _asking_problems(screen, spec))
+            yield from _redaction_problems(stage, i, screen, spec)
     if policy.output is not None:
         if policy.output.overlap_chars >= policy.output.window_chars:
             yield ("output", "overlap_chars"), "the overlap must be smaller than window_chars"
@@ -43,6 +44,22 @@ def problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
         yield (field,), "'vote' needs a panel: add a 'panel' section with the judges that vote"
     if policy.panel is not None:
         yield from _panel_problems(policy, policy.panel, known)
+
+
+def _redaction_problems(
+    stage: str, i: int, screen: Screen, spec: JudgeSpec | None
+) -> Iterator[tuple[Loc, str]]:
+    if screen.on_flag == "redact":
+        if stage != "input":
+            yield (stage, "screens", i, "on_flag"), "on_flag: redact is for input screens"
+        elif spec is not None and spec.type not in ("pii", "keywords"):
+            yield (
+                (stage, "screens", i, "on_flag"),
+                f"on_flag: redact needs a pii or keywords judge, not {spec.type}: "
+                "only they say where their findings are",
+            )
+    elif screen.restore:
+        yield (stage, "screens", i, "restore"), "restore is used only with on_flag: redact"
 
 
 def answerable(spec: JudgeSpec) -> tuple[str, ...]:

@@ -97,7 +97,8 @@ class PIIJudgeSpec(_Strict):
     """Flags personal data and secrets: emails, phone numbers, card numbers, API keys."""
 
     type: Literal["pii"]
-    kinds: tuple[Literal["email", "phone", "card", "secret"], ...] = (
+    # iban and ssn are asked for by name: not in the default set.
+    kinds: tuple[Literal["email", "phone", "card", "secret", "iban", "ssn"], ...] = (
         "email",
         "phone",
         "card",
@@ -387,6 +388,12 @@ class Screen(_Strict):
     # None asks it everything it knows. Every flag it raises counts, whatever
     # category it names; a category not asked about is recorded as "other".
     categories: tuple[str, ...] | None = None
+    # --- redaction (see guardrail.decide.redaction) ---
+    # redact: an input screen of a pii or keywords judge replaces the values it
+    # finds by placeholders (<EMAIL_1>) instead of refusing; None: the policy's on_flag.
+    on_flag: Literal["redact"] | None = None
+    # Put the original values back into the answer (never cards or secrets).
+    restore: bool = False
 
     @field_validator("categories")
     @classmethod
@@ -466,6 +473,9 @@ class OutputStage(_Strict):
     # A streamed body that is not server-sent events: screened per window as it
     # flows, or held and screened whole.
     plain_text: Literal["window", "whole"] = "window"
+    # cut: a flagged answer is refused (a stream is cut); redact: personal data
+    # the output's pii screens find is replaced by placeholders instead.
+    on_flag: Literal["cut", "redact"] = "cut"
 
 
 class Refusal(_Strict):
