@@ -148,6 +148,33 @@ def test_compressed_bodies_are_decoded_and_screened(app, encoding, compress):  #
     assert allowed.json()["choices"][0]["message"]["content"] == f"You said: {BENIGN}"
 
 
+def test_a_decoded_chunked_body_reaches_the_app_with_one_framing() -> None:
+    # Regression: the decoded body got a Content-Length, and the chunked request's
+    # Transfer-Encoding stayed beside it: two framings for an app that relays headers.
+    from prometheus_client import CollectorRegistry
+    from recorder import Recorder
+    from served import Served
+
+    from guardrail import GuardrailMiddleware
+
+    recorder = Recorder()
+    guard = GuardrailMiddleware(recorder, policy=policy(), registry=CollectorRegistry())
+    body = gzip.compress(chat(BENIGN))
+    chunks = iter([body[:10], body[10:]])
+    with Served(guard, name="guarded-recorder") as served:
+        response = httpx.post(
+            served.url + URL,
+            content=chunks,  # an iterator: httpx sends it chunked
+            headers={"content-encoding": "gzip", "content-type": "application/json"},
+        )
+    assert response.status_code == 200
+    (got,) = recorder.received
+    assert got.body == chat(BENIGN)
+    assert got.header("transfer-encoding") is None
+    assert got.header("content-encoding") is None
+    assert got.header("content-length") == str(len(got.body))
+
+
 def test_compression_bomb_is_413(app):  # type: ignore[no-untyped-def]
     bomb = gzip.compress(b"[" + b" " * 10_000_000 + b"]")
     assert len(bomb) < 65536

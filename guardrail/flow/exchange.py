@@ -269,14 +269,11 @@ class GuardedExchange:
         body = decode(raw, encoding=encoding, cap=policy.max_body_bytes)
         if body is raw:
             return body, self.scope
-        # The app gets the decoded body we screened, with headers that say so.
-        kept = [
-            (k, v)
-            for k, v in self.scope["headers"]
-            if k.lower() not in (b"content-encoding", b"content-length")
-        ]
-        kept.append((b"content-length", str(len(body)).encode()))
-        return body, {**self.scope, "headers": kept}
+        # The app gets the decoded body we screened, with headers that say so: no
+        # Content-Encoding, and only a Content-Length (a chunked request's
+        # Transfer-Encoding beside it would give a relaying app two framings).
+        kept = [(k, v) for k, v in self.scope["headers"] if k.lower() != b"content-encoding"]
+        return body, _with_length({**self.scope, "headers": kept}, len(body))
 
     def _replay(self, body: bytes) -> Receive:
         sent = False
