@@ -50,6 +50,10 @@ def create_app(
         body = await request.json()
         return _echo_message(body.get("messages", []), body.get("stream") is True)
 
+    async def in_house_chat(request: Request) -> Response:
+        body = await request.json()
+        return _echo_in_house(body.get("message"), body.get("stream") is True)
+
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -58,6 +62,7 @@ def create_app(
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             *_openai_routes(upstream, model),
             Route("/v1/messages", anthropic_messages, methods=["POST"]),
+            Route("/chat", in_house_chat, methods=["POST"]),
             Route("/health", health),
         ]
     )
@@ -302,3 +307,22 @@ def _echo_message(messages: list[Any], stream: bool) -> Response:
         yield event("message_stop")
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+# --- an in-house chat API (POST /chat), guarded as generic JSON (format: json) -------
+# Request: {"message": "...", "history": [{"role", "content"}], "stream": bool}.
+# Answer: {"reply": "..."}; streamed as JSON lines {"delta": "..."}, then {"done": true}.
+
+
+def _echo_in_house(message: Any, stream: bool) -> Response:
+    answer = f"You said: {message}"
+    if not stream:
+        return JSONResponse({"reply": answer})
+
+    async def lines() -> AsyncIterator[bytes]:
+        for i, word in enumerate(answer.split(" ")):
+            yield json.dumps({"delta": word if i == 0 else " " + word}).encode() + b"\n"
+            await asyncio.sleep(0.01)
+        yield b'{"done": true}\n'
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -332,3 +332,24 @@ def test_json_lines_split_anywhere_give_the_same_events(
     assert b"".join(u.raw for u in units) == body
     assert not any(u.unreadable for u in units)
     assert "".join(text for u in units for _, text in u.flows) == "".join(deltas)
+
+
+def test_the_demo_guards_its_in_house_chat_api_with_the_default_policy() -> None:
+    # `guardrail demo`: the example app's /chat, guarded by the embedded policy's json route.
+    from guarded import guarded_app
+
+    from guardrail import load_policy
+
+    with guarded_app(load_policy()) as app:
+        url = app.url
+        assert chat(url, BENIGN).json() == {"reply": f"You said: {BENIGN}"}
+        lines = [json.loads(x) for x in chat(url, BENIGN, stream=True).text.splitlines()]
+        assert text_of(lines) == f"You said: {BENIGN}" and lines[-1] == {"done": True}
+        assert chat(url, INJECTION).json() == {"reply": REFUSAL, "refused": True}
+        # The history is screened too, and a key the policy did not name.
+        hidden = chat(url, BENIGN, history=[{"role": "user", "content": INJECTION}])
+        assert hidden.json()["refused"] is True
+        assert chat(url, BENIGN, **{INJECTION: 1}).json()["refused"] is True
+        # A card in a streamed request ends in the policy's stream refusal.
+        card = [json.loads(x) for x in chat(url, f"pay {CARD}", stream=True).text.splitlines()]
+        assert card == [{"delta": REFUSAL, "done": True}]
