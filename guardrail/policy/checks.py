@@ -37,9 +37,8 @@ def problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
             yield ("output", "overlap_chars"), "the overlap must be smaller than window_chars"
         yield from overlap_problems(policy)
     if policy.json_api is not None and "json" not in policy.formats():
-        yield ("json_api",), (
-            "json_api describes a generic JSON app: set 'format: json' (on the policy or a route)"
-        )
+        why = "json_api describes a generic JSON app: set 'format: json' (on the policy or a route)"
+        yield ("json_api",), why
     uses_panel = policy.on_flag == "vote" or policy.on_error == "vote"
     if uses_panel and policy.panel is None:
         field = "on_flag" if policy.on_flag == "vote" else "on_error"
