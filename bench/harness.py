@@ -433,12 +433,9 @@ async def _load_job(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
     async with client_session(job["concurrency"]) as session:
 
         async def one() -> None:
-            async with session.post(
-                job["url"], data=job["body"], headers={"content-type": "application/json"}
-            ) as resp:
-                body = await resp.read()
-            if resp.status != 200 or (job["expect"] is not None and body != job["expect"]):
-                raise Refused(f"HTTP {resp.status}: {body[:200]!r}")
+            body = await post_json(session, job["url"], job["body"])
+            if job["expect"] is not None and body != job["expect"]:
+                raise Refused(f"not the expected answer: {body[:200]!r}")
 
         try:
             await closed_loop(one, job["warm_up"], job["concurrency"], warm_up=True)
@@ -555,18 +552,22 @@ def client_session(concurrency: int, timeout_s: float = 30.0) -> Any:
     )
 
 
+async def post_json(session: Any, url: str, body: bytes) -> bytes:
+    """POST a JSON body; the whole response body, or ``Refused`` unless it is a 200."""
+    async with session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
+        raw: bytes = await resp.read()
+        status = resp.status
+    if status != 200:
+        raise Refused(f"HTTP {status}: {raw[:200]!r}")
+    return raw
+
+
 async def ask(session: Any, url: str, body: bytes | None = None, answer: str = ANSWER) -> None:
     """One chat request (the benign question by default); ``Refused`` unless it is a 200
     whose answer is ``answer`` with ``finish_reason: stop``."""
     import json
 
-    async with session.post(
-        url, data=body or chat_request(), headers={"content-type": "application/json"}
-    ) as resp:
-        raw = await resp.read()
-        status = resp.status
-    if status != 200:
-        raise Refused(f"HTTP {status}: {raw[:200]!r}")
+    raw = await post_json(session, url, body or chat_request())
     choice = json.loads(raw)["choices"][0]
     if choice.get("finish_reason") != "stop" or choice["message"]["content"] != answer:
         raise Refused(f"unexpected answer: {raw[:200]!r}")
