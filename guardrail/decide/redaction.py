@@ -183,7 +183,7 @@ class Outcome:
     failed: bool = False
 
 
-async def redact_request(guard: Guard, body: bytes, text: str) -> Outcome:
+async def redact_request(guard: Guard, body: bytes, text: str, query: str = "") -> Outcome:
     """Redact the request if a redacting screen's judge flags its text.
 
     The judges are first asked about the whole text (the cost on the allow
@@ -191,7 +191,9 @@ async def redact_request(guard: Guard, body: bytes, text: str) -> Outcome:
     makes the body be read string by string. Out of time (the longest of the
     screens' timeouts) or failing, it redacts nothing and says so: the app then
     waits for the verdict, and the screens, run on the request as it came,
-    refuse it for what they find.
+    refuse it for what they find. So does a value redaction cannot reach (a
+    key, the ``query``, a value only a folded reading finds): the screens will
+    refuse it, and the app must not have it before they do.
     """
     screens = redacting_screens(guard)
     if not screens:
@@ -199,9 +201,21 @@ async def redact_request(guard: Guard, body: bytes, text: str) -> Outcome:
     try:
         async with asyncio.timeout(max(s.timeout_s for s in screens)):
             flagging = [s for s in screens if (await s.judge.screen(text)).flagged]
-            return Outcome(await redact(flagging, body, text) if flagging else None)
+            if not flagging:
+                return Outcome()
+            redaction = await redact(flagging, body, text)
+            left = _everything(redaction.body if redaction is not None else body) + query
+            for screen in flagging:
+                if (await screen.judge.screen(left)).flagged:
+                    return Outcome(redaction, failed=True)
+            return Outcome(redaction)
     except TimeoutError:
         log.warning("redaction ran out of time; the request is screened as it came")
     except Exception:  # a bug here must not cost the request: the screens still decide
         log.exception("redaction failed; the request is screened as it came")
     return Outcome(failed=True)
+
+
+def _everything(body: bytes) -> str:
+    """Every key and string of a JSON body, unescaped, as one text (for a last look)."""
+    return json.dumps(json.loads(body), ensure_ascii=False) + "\n"
