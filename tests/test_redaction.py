@@ -702,3 +702,32 @@ async def test_what_a_redacting_judge_finds_is_gone_or_the_app_waits(
     pii = guard.judges["pii"]
     # The app starts before the verdict only with a body no redacting judge flags.
     assert outcome.failed or not (await pii.screen(left)).flagged
+
+
+def test_a_key_inside_an_email_address_never_comes_back(guarded: Served_) -> None:
+    # A URL's credentials read as an e-mail address too; the key inside stays redacted.
+    text = f"Fetch https://{KEY}@api.example.com/v1 and mail ana+{CARD.replace(' ', '')}@mail.com"
+    answer = ask(guarded.client(), text, stream=False)
+    assert KEY not in answer and CARD.replace(" ", "") not in answer
+    assert KEY not in guarded.app.last()["messages"][0]["content"]
+
+
+NEVER_BACK = PIIJudge("cards and keys", kinds=("card", "secret"))
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(
+        st.sampled_from(
+            [KEY, CARD.replace(" ", ""), "ana", "+", ".", "@mail.com", " ", "https://"]
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+async def test_what_comes_back_holds_no_card_or_key(parts: list[str]) -> None:
+    judge = PIIJudge("pii")
+    redaction = await redact([Redacting(judge, restore=True)], body_of("".join(parts)))
+    for original in (redaction.restorable if redaction is not None else {}).values():
+        # Nothing a judge of cards and keys alone finds, inside what is restored.
+        assert await NEVER_BACK.spans(original) == []

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from guardrail.judges.base import Verdict
-from guardrail.judges.spans import Span, merged
+from guardrail.judges.spans import NEVER_RESTORED, Span, merged
 
 if TYPE_CHECKING:
     from guardrail.decide.guard import Guard
@@ -45,7 +45,7 @@ log = logging.getLogger("guardrail")
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]{0,40}_[0-9]{1,9}>")
 # Kinds whose values never come back into an answer, whatever the policy says:
 # a card number or a key shown again is a leak, to whoever reads the screen.
-NEVER_RESTORED = frozenset({"card", "secret"})
+# ``NEVER_RESTORED`` is defined with the spans: a value holding one is of its kind.
 
 
 @runtime_checkable
@@ -113,12 +113,12 @@ async def redact(
             found += [(s, screen.restore) for s in await screen.judge.spans(value)]
         if not found:
             continue
-        restore_of = {(s.start, s.end): r for s, r in found}
         pieces: list[str] = []
         done = 0
         for span in merged([s for s, _ in found]):
             pieces.append(value[done : span.start])
-            restore = restore_of.get((span.start, span.end), False)
+            # Restored only if every value inside it may be (each screen's say).
+            restore = all(r for s, r in found if s.start < span.end and span.start < s.end)
             pieces.append(book.placeholder(span, value[span.start : span.end], restore=restore))
             done = span.end
         pieces.append(value[done:])
