@@ -184,7 +184,9 @@ _MEDIA_SHAPES = [
 @given(
     shape=st.sampled_from(_MEDIA_SHAPES),
     depth=st.integers(0, 3),
-    where=st.sampled_from(["tool schema", "response_format", "metadata", "unknown field"]),
+    where=st.sampled_from(
+        ["tool schema", "response_format", "metadata", "unknown field", "another api's field"]
+    ),
     api=st.sampled_from(["chat", "responses"]),
 )
 def test_a_media_slot_outside_the_messages_is_text(
@@ -215,6 +217,8 @@ def test_a_media_slot_outside_the_messages_is_text(
         }
     elif where == "metadata":
         body["metadata"] = {"note": nested}
+    elif where == "another api's field":  # Responses' media fields on the chat route
+        body["prompt" if api == "chat" else "messages"] = nested
     else:
         body["future_field"] = nested
     request = adapter.parse_request(json.dumps(body).encode())

@@ -108,7 +108,7 @@ class Vocabulary:
     # The top-level fields whose media slots hold media: what the model is sent to
     # see. Elsewhere (a tool's schema, metadata, an unknown field) the same shape is
     # JSON a model or the app reads as text, base64 and all.
-    media_fields: frozenset[str] = frozenset({"messages", "input", "prompt"})
+    media_fields: frozenset[str] = frozenset({"messages"})
     longest: int = field(init=False)
 
     def __post_init__(self) -> None:
