@@ -276,6 +276,10 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+# An injection in base64: a model decodes it, and it is strictly base64.
+INJECTION_B64 = b64(INJECTION + "   ")
+assert len(INJECTION_B64) % 4 == 0 and "=" not in INJECTION_B64
+
 # Every place a Messages request carries text a model or an app reads.
 HIDING_PLACES = {
     "system string": blocks_request(system=INJECTION),
@@ -321,6 +325,25 @@ HIDING_PLACES = {
         tools=[{"name": "f", "input_schema": {"type": "object", "properties": {INJECTION: {}}}}]
     ),
     "unknown block type": blocks_request({"type": "hologram", "payload": {"words": INJECTION}}),
+    # A content block's shape in a tool's input is JSON the model reads, base64 and all.
+    "signature in tool input": blocks_request(
+        {
+            "type": "tool_use",
+            "id": "t",
+            "name": "f",
+            "input": {"type": "thinking", "signature": INJECTION_B64},
+        }
+    ),
+    "image source in tool input": blocks_request(
+        {
+            "type": "tool_use",
+            "id": "t",
+            "name": "f",
+            "input": {
+                "source": {"type": "base64", "media_type": "image/png", "data": INJECTION_B64}
+            },
+        }
+    ),
     "unknown field": blocks_request(future_field=INJECTION),
     "image url": blocks_request({"type": "image", "source": {"type": "url", "url": INJECTION}}),
     "base64 that is not base64": blocks_request(
@@ -334,7 +357,8 @@ HIDING_PLACES = {
 
 @pytest.mark.parametrize("body", HIDING_PLACES.values(), ids=HIDING_PLACES.keys())
 def test_text_in_every_block_shape_is_screened(body: bytes) -> None:
-    assert INJECTION in AnthropicMessages().parse_request(body).text
+    text = AnthropicMessages().parse_request(body).text
+    assert INJECTION in text or INJECTION_B64 in text
 
 
 def test_binary_media_is_counted_not_screened_and_names_are_not_text() -> None:
@@ -520,3 +544,32 @@ def test_every_string_of_any_event_or_answer_is_screened(
     parts = adapter.event_parts(json.dumps(value), name)
     assert parts is not None and MARK in parts.text()
     assert MARK in adapter.answer_parts(json.dumps(value).encode()).text()
+
+
+_sealed_shapes = st.sampled_from(
+    [
+        {"type": "thinking", "thinking": "t", "signature": INJECTION_B64},
+        {"type": "redacted_thinking", "data": INJECTION_B64},
+        {"source": {"type": "base64", "media_type": "image/png", "data": INJECTION_B64}},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": INJECTION_B64},
+        },
+    ]
+)
+
+
+@settings(max_examples=100)
+@given(shape=_sealed_shapes, depth=st.integers(0, 4), where=st.sampled_from(["input", "tool"]))
+def test_a_sealed_or_media_shape_outside_the_apis_blocks_is_text(
+    shape: dict[str, Any], depth: int, where: str
+) -> None:
+    nested: Any = shape
+    for _ in range(depth):
+        nested = {"v": [nested]}
+    if where == "input":
+        body = blocks_request({"type": "tool_use", "id": "t", "name": "f", "input": {"x": nested}})
+    else:
+        body = blocks_request(tools=[{"name": "f", "input_schema": {"default": nested}}])
+    request = AnthropicMessages().parse_request(body)
+    assert INJECTION_B64 in request.text and request.opaque == 0

@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry
 from served import Served, wait_for
 
 from examples.chat_app import create_app
-from guardrail import GuardrailMiddleware, parse_policy
+from guardrail import Guard, GuardrailMiddleware, parse_policy
 from guardrail.adapters import OpenAIChat
-from guardrail.decide.redaction import Redacting, redact
+from guardrail.decide.redaction import Redacting, redact, redact_request
 from guardrail.flow.restore import Restorer
 from guardrail.flow.rewrite import flow_texts
 from guardrail.judges.local import KeywordJudge, PIIJudge
@@ -189,6 +189,17 @@ def test_a_value_redaction_cannot_reach_is_still_refused(guarded: Served_) -> No
     )
     assert answer.choices[0].finish_reason == "content_filter"
     assert guarded.value("guardrail_requests_total", decision="blocked") == 1
+    assert guarded.app.bodies == []  # the app waited for the verdict: it never had the value
+
+
+def test_a_value_in_the_query_never_reaches_the_app(guarded: Served_) -> None:
+    answer = guarded.client().chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_query={"contact": EMAIL},
+    )
+    assert answer.choices[0].finish_reason == "content_filter"
+    assert guarded.app.bodies == []
 
 
 def test_the_audit_trail_records_kinds_and_counts_never_values(tmp_path: Path) -> None:
@@ -658,3 +669,65 @@ def test_a_chunked_request_reaches_the_app_whole_with_its_new_length(guarded: Se
     assert b"transfer-encoding" not in headers
     assert headers[b"content-length"] == str(len(guarded.app.bodies[-1])).encode()
     assert contents(guarded.app.bodies[-1]) == ["mail <EMAIL_1>"]
+
+
+_places = st.sampled_from(["content", "key", "name", "query", "tool"])
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(_places, st.sampled_from([EMAIL, CARD, PHONE, KEY])), max_size=4))
+async def test_what_a_redacting_judge_finds_is_gone_or_the_app_waits(
+    found: list[tuple[str, str]],
+) -> None:
+    guard = Guard.build(redaction_policy(), registry=CollectorRegistry())
+    message: dict[str, Any] = {"role": "user", "content": "hi"}
+    data: dict[str, Any] = {"model": "m", "messages": [message], "metadata": {}}
+    query = ""
+    for i, (place, value) in enumerate(found):
+        if place == "content":
+            message["content"] += f" and {value}"
+        elif place == "key":
+            data["metadata"][f"{value} {i}"] = "x"
+        elif place == "name":
+            message["name"] = value
+        elif place == "query":
+            query += f"\n{value}"
+        else:
+            data["tools"] = [{"type": "function", "function": {"name": "f", "description": value}}]
+    body = json.dumps(data).encode()
+    request = OpenAIChat().parse_request(body)
+    outcome = await redact_request(guard, body, f"{request.text}\n{query}", query)
+    given_to_app = outcome.redaction.body if outcome.redaction is not None else body
+    left = json.dumps(json.loads(given_to_app), ensure_ascii=False) + query
+    pii = guard.judges["pii"]
+    # The app starts before the verdict only with a body no redacting judge flags.
+    assert outcome.failed or not (await pii.screen(left)).flagged
+
+
+def test_a_key_inside_an_email_address_never_comes_back(guarded: Served_) -> None:
+    # A URL's credentials read as an e-mail address too; the key inside stays redacted.
+    text = f"Fetch https://{KEY}@api.example.com/v1 and mail ana+{CARD.replace(' ', '')}@mail.com"
+    answer = ask(guarded.client(), text, stream=False)
+    assert KEY not in answer and CARD.replace(" ", "") not in answer
+    assert KEY not in guarded.app.last()["messages"][0]["content"]
+
+
+NEVER_BACK = PIIJudge("cards and keys", kinds=("card", "secret"))
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(
+        st.sampled_from(
+            [KEY, CARD.replace(" ", ""), "ana", "+", ".", "@mail.com", " ", "https://"]
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+async def test_what_comes_back_holds_no_card_or_key(parts: list[str]) -> None:
+    judge = PIIJudge("pii")
+    redaction = await redact([Redacting(judge, restore=True)], body_of("".join(parts)))
+    for original in (redaction.restorable if redaction is not None else {}).values():
+        # Nothing a judge of cards and keys alone finds, inside what is restored.
+        assert await NEVER_BACK.spans(original) == []

@@ -28,6 +28,7 @@ from served import Served
 from guardrail import GuardrailMiddleware, parse_policy
 from guardrail.adapters import BadRequest, OpenAIChat
 from guardrail.adapters.base import NON_STARTER_DECOMPOSITIONS, fold_key, stream_safe
+from guardrail.adapters.openai_responses import OpenAIResponses
 
 URL = "/v1/chat/completions"
 PDF = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4 binary").decode()
@@ -166,6 +167,62 @@ def test_a_binary_slot_holding_no_base64_is_text() -> None:
     for part in (audio, image):
         request = OpenAIChat().parse_request(json.dumps({"messages": user([part])}).encode())
         assert "PAYLOAD" in request.text and request.opaque == 0
+
+
+SMUGGLED = base64.b64encode(INJECTION.encode() + b"   ").decode()  # strict base64, no padding
+# The media and sealed slots by name, each holding an injection in base64.
+_MEDIA_SHAPES = [
+    {"image_url": "data:image/png;base64," + SMUGGLED},
+    {"image_url": {"url": "data:image/png;base64," + SMUGGLED}},
+    {"file_data": "data:application/pdf;base64," + SMUGGLED},
+    {"input_audio": {"data": SMUGGLED}},
+    {"encrypted_content": SMUGGLED},
+]
+
+
+@settings(max_examples=100)
+@given(
+    shape=st.sampled_from(_MEDIA_SHAPES),
+    depth=st.integers(0, 3),
+    where=st.sampled_from(
+        ["tool schema", "response_format", "metadata", "unknown field", "another api's field"]
+    ),
+    api=st.sampled_from(["chat", "responses"]),
+)
+def test_a_media_slot_outside_the_messages_is_text(
+    shape: dict[str, Any], depth: int, where: str, api: str
+) -> None:
+    # A tool's schema is read by the model, metadata and unknown fields by the app:
+    # neither decodes media there, and a model reads base64 as it reads any text.
+    nested: Any = shape
+    for _ in range(depth):
+        nested = {"v": [nested]}
+    body: dict[str, Any] = {"model": "m"}
+    if api == "chat":
+        body["messages"] = user("hi")
+        adapter: Any = OpenAIChat()
+    else:
+        body["input"] = "hi"
+        adapter = OpenAIResponses()
+    if where == "tool schema":
+        schema = {"type": "object", "properties": {"q": {"type": "string", "examples": [nested]}}}
+        function = {"name": "f", "parameters": schema}
+        body["tools"] = [
+            {"type": "function", **(function if api == "responses" else {"function": function})}
+        ]
+    elif where == "response_format":
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "n", "schema": {"default": nested}},
+        }
+    elif where == "metadata":
+        body["metadata"] = {"note": nested}
+    elif where == "another api's field":  # Responses' media fields on the chat route
+        body["prompt" if api == "chat" else "messages"] = nested
+    else:
+        body["future_field"] = nested
+    request = adapter.parse_request(json.dumps(body).encode())
+    assert SMUGGLED in request.text
 
 
 def test_a_text_data_url_we_cannot_read_as_the_receiver_would_is_refused() -> None:

@@ -82,6 +82,8 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]*={0,2}")
 # Strings the API seals: a base64 blob here is not language (the model never reads it as text).
 _SEALED = {("thinking", "signature"), ("redacted_thinking", "data")}
+# Content blocks whose base64 ``source`` is media (an image, a PDF), not text.
+_MEDIA_BLOCKS = frozenset({"image", "document"})
 # Every field name is ASCII, so folding one is lower-casing it; folding never shortens
 # a key to an ASCII word, so a longer key cannot fold to a field name.
 _FOLDED = frozenset(name.lower() for name in _FIELDS)
@@ -93,9 +95,13 @@ _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control
 class _Reading:
     """Walks a parsed body, collecting the text to screen and counting binary parts."""
 
-    def __init__(self) -> None:
+    def __init__(self, blocks: frozenset[int] = frozenset()) -> None:
         self.pieces: list[str] = []
         self.opaque = 0
+        # The ids of the objects that are the API's own content blocks (``content_blocks``):
+        # only there is a blob sealed or a source media. The same shape nested in a
+        # tool's input is JSON the model reads as text, base64 and all.
+        self.blocks = blocks
 
     def value(self, value: Any, key: str | None, block: str | None) -> None:
         # Recursion is bounded: read_json refused anything nested deeper than MAX_DEPTH.
@@ -105,14 +111,14 @@ class _Reading:
             for item in value:
                 self.value(item, key, block)
         elif isinstance(value, dict):
-            kind = value.get("type")
-            inner = kind if isinstance(kind, str) else block
-            if key == "source" and self.source(value):
-                return
+            kind = value.get("type") if id(value) in self.blocks else None
+            inner = kind if isinstance(kind, str) else None
             for child_key, child in value.items():
                 if child_key not in _FIELDS:
                     self.text(child_key)
-                self.value(child, child_key, inner)
+                if child_key == "source" and inner in _MEDIA_BLOCKS and self.source(child):
+                    continue
+                self.value(child, child_key, inner if isinstance(child, str) else None)
 
     def string(self, value: str, key: str | None, block: str | None) -> None:
         if key in _ENUMS and value in _ENUMS[key]:
@@ -122,8 +128,10 @@ class _Reading:
             return
         self.text(value)
 
-    def source(self, source: dict[str, Any]) -> bool:
+    def source(self, source: Any) -> bool:
         """A base64 media source: binary counted, text decoded and screened; else walked."""
+        if not isinstance(source, dict):
+            return False
         data, media_type = source.get("data"), source.get("media_type")
         if source.get("type") != "base64" or not isinstance(data, str):
             return False
@@ -156,9 +164,22 @@ def _is_text_type(media_type: str) -> bool:
     return media_type.startswith("text/") or media_type.endswith(("json", "xml", "+yaml"))
 
 
+def content_blocks(data: dict[str, Any]) -> frozenset[int]:
+    """The ids of the request's content blocks: each message's, and each tool result's."""
+    found: list[Any] = []
+    for message in data.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else ():
+            found.append(block)
+            inner = block.get("content") if isinstance(block, dict) else None
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                found += inner if isinstance(inner, list) else ()
+    return frozenset(id(block) for block in found if isinstance(block, dict))
+
+
 def request_text(data: dict[str, Any]) -> tuple[list[str], int]:
     """Every string of a Messages request a receiver may read, in order; and its binary parts."""
-    reading = _Reading()
+    reading = _Reading(content_blocks(data))
     for key, value in data.items():
         if key not in _FIELDS and len(key) <= _LONGEST_FIELD and fold_key(key) in _FOLDED:
             # "Stream" or "MESSAGES" alone: a receiver that folds keys reads the API's

@@ -29,6 +29,7 @@ COMPLETIONS = Vocabulary(
         """.split()
     ),
     {},
+    media_fields=frozenset(),  # a prompt is text: no media slot anywhere
 )
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]

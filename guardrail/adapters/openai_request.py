@@ -105,6 +105,10 @@ class Vocabulary:
     # Media by reference (a file id, a URL the receiver fetches): the reference is
     # screened as text, and what it points to, unseen, is counted as opaque.
     reference_keys: frozenset[str] = frozenset()
+    # The top-level fields whose media slots hold media: what the model is sent to
+    # see. Elsewhere (a tool's schema, metadata, an unknown field) the same shape is
+    # JSON a model or the app reads as text, base64 and all.
+    media_fields: frozenset[str] = frozenset({"messages"})
     longest: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +136,8 @@ class _Reading:
         self.fields, self.enums = vocabulary.fields, vocabulary.enums
         self.binary_keys = vocabulary.binary_keys
         self.reference_keys = vocabulary.reference_keys
+        self.media_fields = vocabulary.media_fields
+        self.media_here = False  # within a field of ``media_fields`` (set per top-level field)
         # Where each run of ``pieces`` was read: (first index, JSON location, role, message).
         self.marks: list[tuple[int, str, str, int | None]] = []
 
@@ -188,7 +194,10 @@ class _Reading:
     def string(self, value: str, key: str | None, parent: str | None) -> None:
         if key in self.enums and value in self.enums[key]:
             return
-        if _media(key, parent):
+        if not self.media_here:
+            self.text(value)
+            self.opaque += key in self.reference_keys
+        elif _media(key, parent):
             self.media(value, reference=key in self.reference_keys)
         elif (parent == "input_audio" and key == "data") or key in self.binary_keys:
             self.binary(value)
@@ -301,6 +310,7 @@ def _read(data: dict[str, Any], vocabulary: Vocabulary) -> _Reading:
     fields = vocabulary.fields
     for key, value in data.items():
         reading.mark(key, "request")
+        reading.media_here = key in vocabulary.media_fields
         if (
             key not in fields
             and len(key) <= vocabulary.longest

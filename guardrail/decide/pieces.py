@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ from guardrail.judges.prompt import Framed
 # far past a window's end.
 UNIT_CHARS = 256
 _SEPARATOR = "\n\n"  # between pieces, as in the joined request text
+# Invisible characters a model can read as data: tag characters (ASCII spelled
+# invisibly) and variation selectors (bytes hidden after any character). The
+# reading a key is made of drops them, so the key keeps them as they stand:
+# "hello" passed must not pass "hello" followed by a hidden instruction.
+_CARRIERS = re.compile("[\ufe00-\ufe0f\U000e0000-\U000e0fff]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +104,10 @@ async def lay_out(
     unyielded = 0  # characters worked on since the event loop last had a turn
     for index, piece in enumerate(pieces):
         normal = (await readings(piece.text))[0]
-        digest = hashlib.sha256(f"{tail}\x1f{normal}".encode("utf-8", "surrogatepass"))
+        hidden = "".join(_CARRIERS.findall(piece.text))
+        digest = hashlib.sha256(f"{tail}\x1f{normal}\x1f{hidden}".encode("utf-8", "surrogatepass"))
         keys.append(digest.hexdigest())
-        tail = f"{tail} {normal}"[-overlap_chars:] if overlap_chars else ""
+        tail = f"{tail} {normal}{hidden}"[-overlap_chars:] if overlap_chars else ""
         text = piece.text if index == len(pieces) - 1 else piece.text + _SEPARATOR
         for start in range(0, len(text), UNIT_CHARS):
             chunk = text[start : start + UNIT_CHARS]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from guardrail.judges.base import Verdict
-from guardrail.judges.spans import Span, merged
+from guardrail.judges.spans import NEVER_RESTORED, Span, merged
 
 if TYPE_CHECKING:
     from guardrail.decide.guard import Guard
@@ -45,7 +45,7 @@ log = logging.getLogger("guardrail")
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]{0,40}_[0-9]{1,9}>")
 # Kinds whose values never come back into an answer, whatever the policy says:
 # a card number or a key shown again is a leak, to whoever reads the screen.
-NEVER_RESTORED = frozenset({"card", "secret"})
+# ``NEVER_RESTORED`` is defined with the spans: a value holding one is of its kind.
 
 
 @runtime_checkable
@@ -113,12 +113,12 @@ async def redact(
             found += [(s, screen.restore) for s in await screen.judge.spans(value)]
         if not found:
             continue
-        restore_of = {(s.start, s.end): r for s, r in found}
         pieces: list[str] = []
         done = 0
         for span in merged([s for s, _ in found]):
             pieces.append(value[done : span.start])
-            restore = restore_of.get((span.start, span.end), False)
+            # Restored only if every value inside it may be (each screen's say).
+            restore = all(r for s, r in found if s.start < span.end and span.start < s.end)
             pieces.append(book.placeholder(span, value[span.start : span.end], restore=restore))
             done = span.end
         pieces.append(value[done:])
@@ -183,7 +183,7 @@ class Outcome:
     failed: bool = False
 
 
-async def redact_request(guard: Guard, body: bytes, text: str) -> Outcome:
+async def redact_request(guard: Guard, body: bytes, text: str, query: str = "") -> Outcome:
     """Redact the request if a redacting screen's judge flags its text.
 
     The judges are first asked about the whole text (the cost on the allow
@@ -191,7 +191,9 @@ async def redact_request(guard: Guard, body: bytes, text: str) -> Outcome:
     makes the body be read string by string. Out of time (the longest of the
     screens' timeouts) or failing, it redacts nothing and says so: the app then
     waits for the verdict, and the screens, run on the request as it came,
-    refuse it for what they find.
+    refuse it for what they find. So does a value redaction cannot reach (a
+    key, the ``query``, a value only a folded reading finds): the screens will
+    refuse it, and the app must not have it before they do.
     """
     screens = redacting_screens(guard)
     if not screens:
@@ -199,9 +201,21 @@ async def redact_request(guard: Guard, body: bytes, text: str) -> Outcome:
     try:
         async with asyncio.timeout(max(s.timeout_s for s in screens)):
             flagging = [s for s in screens if (await s.judge.screen(text)).flagged]
-            return Outcome(await redact(flagging, body, text) if flagging else None)
+            if not flagging:
+                return Outcome()
+            redaction = await redact(flagging, body, text)
+            left = _everything(redaction.body if redaction is not None else body) + query
+            for screen in flagging:
+                if (await screen.judge.screen(left)).flagged:
+                    return Outcome(redaction, failed=True)
+            return Outcome(redaction)
     except TimeoutError:
         log.warning("redaction ran out of time; the request is screened as it came")
     except Exception:  # a bug here must not cost the request: the screens still decide
         log.exception("redaction failed; the request is screened as it came")
     return Outcome(failed=True)
+
+
+def _everything(body: bytes) -> str:
+    """Every key and string of a JSON body, unescaped, as one text (for a last look)."""
+    return json.dumps(json.loads(body), ensure_ascii=False) + "\n"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from guardrail.judges.normalize import _has_invisible, mapped_reading
 
-__all__ = ["NUMBER_KINDS", "Span", "spans_in"]
+__all__ = ["NEVER_RESTORED", "NUMBER_KINDS", "Span", "spans_in"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +65,23 @@ async def spans_in(text: str, find: Finder, *, fold: bool = True) -> list[Span]:
     return merged(found)
 
 
+# Kinds whose values never come back into an answer (``decide.redaction``): a
+# span holding one, merged into another kind's ("sk-...@host.com" is an e-mail
+# address too), takes its kind, so the value it holds is not restored either.
+NEVER_RESTORED = frozenset({"card", "secret"})
+
+
 def merged(spans: list[Span]) -> list[Span]:
-    """Spans in order, overlapping ones joined (the first one's kind and key kept)."""
+    """Spans in order, overlapping ones joined (the first one's kind and key kept,
+    unless a joined one is of a kind never restored: then that kind)."""
     out: list[Span] = []
     for span in sorted(spans, key=lambda s: (s.start, -s.end)):
         if out and span.start < out[-1].end:
             last = out[-1]
-            if span.end > last.end:
-                out[-1] = Span(last.start, span.end, last.kind, last.key)
+            kind = last.kind
+            if span.kind in NEVER_RESTORED and kind not in NEVER_RESTORED:
+                kind = span.kind
+            out[-1] = Span(last.start, max(last.end, span.end), kind, last.key)
             continue
         out.append(span)
     return out
