@@ -307,8 +307,9 @@ def test_every_string_of_a_request_is_screened_unless_not_text(
         assert refused.status == 400
         return
     assert MARK in text
-    hidden = {"message": "hi", "session_id": [MARK, {MARK: extra}]}
-    assert MARK not in adapter.parse_request(json.dumps(hidden).encode()).text
+    # not_text covers a string at its place, never what a list or object there holds.
+    nested = {"message": "hi", "session_id": [MARK, {MARK: extra}]}
+    assert MARK in adapter.parse_request(json.dumps(nested).encode()).text
     assert not re.search("zq", adapter.parse_request(b'{"session_id": "zq"}').text)
 
 
@@ -353,3 +354,14 @@ def test_the_demo_guards_its_in_house_chat_api_with_the_default_policy() -> None
         # A card in a streamed request ends in the policy's stream refusal.
         card = [json.loads(x) for x in chat(url, f"pay {CARD}", stream=True).text.splitlines()]
         assert card == [{"delta": REFUSAL, "done": True}]
+
+
+def test_a_not_text_field_holding_a_list_or_object_is_screened() -> None:
+    # Regression: the demo policy's not_text $.history[*].role hid ["<injection>"]
+    # from every screen; an app building "{role}: {content}" would send it on.
+    adapter = GenericJSON(json_policy().json_api.shape())  # type: ignore[union-attr]
+    for role in ([INJECTION], {"x": INJECTION}, {INJECTION: 1}):
+        body = {"message": "hi", "history": [{"role": role, "content": "hello"}]}
+        assert INJECTION in adapter.parse_request(json.dumps(body).encode()).text
+    plain = {"message": "hi", "history": [{"role": "user", "content": "hello"}]}
+    assert "user" not in adapter.parse_request(json.dumps(plain).encode()).text.split()

@@ -93,7 +93,10 @@ class GenericJSON(PartsAsText):
         not_text = self.shape.not_text
         out: list[str] = []
         for place, text, is_key in places(data):
-            if any(path.covers(place) for path in not_text):
+            # not_text names a field whose value is not language (an id, a role): a
+            # string right there. Anything else found there (a list, an object, a key)
+            # the app may still put in front of its model: it is screened.
+            if not is_key and any(_names_exactly(path, place) for path in not_text):
                 continue
             if is_key:
                 if text in self._names:
@@ -192,3 +195,8 @@ def _filled(template: Any, **values: str) -> bytes:
         return value
 
     return json.dumps(fill(template)).encode()
+
+
+def _names_exactly(path: JsonPath, place: Place) -> bool:
+    """Whether ``place`` is a place ``path`` names, not one inside it."""
+    return len(place) == len(path.steps) and path.covers(place)
