@@ -12,6 +12,8 @@ injection and pii judges; the app's own model is a zero-latency stub.
 
 Scenarios, each a fresh server and conversation:
 
+- ``bare``: the app alone, no guard: its own CPU per turn (parsing the
+  request, calling its model), so the table can show the guard's share;
 - ``before``: the whole request as one text every turn, no cache (as the
   guard screened before pieces: ``window_chars`` past any request, ``cache:
   none``);
@@ -22,9 +24,13 @@ Scenarios, each a fresh server and conversation:
   on the PATH; skipped (and said so) without it.
 
 Per turn: the judge's characters received, the request's latency (the app
-answers at once, so it is the screen's), the guarded server's CPU (local
-judges, normalisation, windowing), and for ``redis`` the share of cache
-lookups that hit. Every turn must be answered by the app (allowed).
+answers at once, so it is the screen's), the guard's CPU (the guarded
+server's CPU, read to the nanosecond, minus the bare app's on the same turn:
+local judges, normalisation, windowing, judge calls), and for ``redis`` the
+share of cache lookups that hit. Every turn must be answered by the app
+(allowed). After the table: the long turn's latency against one judge call's
+(the stub's latency for the mean call of that turn), and what its calls would
+take one after another.
 """
 
 from __future__ import annotations
@@ -50,12 +56,12 @@ from harness import (
     Table,
     client_session,
     counter_delta,
-    cpu_seconds,
     free_port,
     machine_line,
     policy_file,
     report_failures,
     scrape,
+    thread_cpu_seconds,
 )
 
 POLICY = """\
@@ -74,6 +80,9 @@ input:
 {input_extra}"""
 BEFORE = "  window_chars: 100000000\n  cache: {backend: none}\n"
 AFTER = ""
+# The judge stub, like a model, takes longer to read more.
+JUDGE_LATENCY_S = 0.1
+JUDGE_S_PER_KCHAR = 0.01
 REDIS = "  cache: {{backend: redis, url: '{url}', timeout_s: 0.5}}\n"
 
 WORDS = (
@@ -109,7 +118,7 @@ def conversation(turns: int, doc_turn: int, seed: int = 7) -> list[str]:
 
 
 async def run(
-    servers: list[Server], judge: Stub, texts: list[str]
+    servers: list[Server], judge: Stub, texts: list[str], guarded: bool
 ) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -117,21 +126,27 @@ async def run(
     async with client_session(4, timeout_s=120) as session:
         for server in servers:
             await server.ready(session)
+            # The app's first call sets up its client: not a turn's cost.
+            warm_up = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            async with session.post(
+                server.url + CHAT_PATH, data=warm_up, headers={"content-type": "application/json"}
+            ) as resp:
+                await resp.read()
         for n, text in enumerate(texts):
             server = servers[n % len(servers)]
             messages.append({"role": "user", "content": text})
             body = json.dumps({"model": "m", "messages": messages}).encode()
-            chars = judge.counters()["chars"]
-            before = [await scrape(session, s.url) for s in servers]
-            cpu = cpu_seconds(server.pid)
+            judged = judge.counters()
+            before = [await scrape(session, s.url) for s in servers if guarded]
+            cpu = thread_cpu_seconds(server.pid)
             started = time.perf_counter()
             async with session.post(
                 server.url + CHAT_PATH, data=body, headers={"content-type": "application/json"}
             ) as resp:
                 raw = await resp.read()
             latency = time.perf_counter() - started
-            cpu = cpu_seconds(server.pid) - cpu
-            after = [await scrape(session, s.url) for s in servers]
+            cpu = thread_cpu_seconds(server.pid) - cpu
+            after = [await scrape(session, s.url) for s in servers if guarded]
             answer = json.loads(raw)["choices"][0] if resp.status == 200 else None
             if answer is None or answer.get("finish_reason") != "stop":
                 failures.append(f"turn {n}: HTTP {resp.status} {raw[:120]!r}")
@@ -145,7 +160,8 @@ async def run(
             rows.append(
                 {
                     "new": len(text),
-                    "judge_chars": judge.counters()["chars"] - chars,
+                    "judge_chars": judge.counters()["chars"] - judged["chars"],
+                    "judge_calls": judge.counters()["count"] - judged["count"],
                     "latency_s": latency,
                     "cpu_ms": cpu * 1000,
                     "hit_rate": lookups.get("hit", 0.0) / looked if looked else None,
@@ -155,21 +171,23 @@ async def run(
     return rows, failures
 
 
-def scenario(name: str, texts: list[str], input_extra: str, replicas: int = 1) -> Any:
+def scenario(name: str, texts: list[str], input_extra: str | None, replicas: int = 1) -> Any:
+    """Run the conversation through fresh servers; ``input_extra`` None: the bare app."""
     with ExitStack() as stack:
         app_stub = Stub("app", reply=ANSWER)
         stack.callback(app_stub.stop)
-        judge = Stub("judge", latency_s=0.1, latency_per_kchar_s=0.01)
+        judge = Stub("judge", latency_s=JUDGE_LATENCY_S, latency_per_kchar_s=JUDGE_S_PER_KCHAR)
         stack.callback(judge.stop)
         path = stack.enter_context(
-            policy_file(POLICY.format(judge_url=judge.base_url, input_extra=input_extra))
+            policy_file(POLICY.format(judge_url=judge.base_url, input_extra=input_extra or ""))
         )
         servers = []
         for i in range(replicas):
-            server = Server(f"{name}-{i}", policy=path, upstream_url=app_stub.base_url)
+            policy = "bare" if input_extra is None else path
+            server = Server(f"{name}-{i}", policy=policy, upstream_url=app_stub.base_url)
             stack.callback(server.stop)
             servers.append(server)
-        return asyncio.run(run(servers, judge, texts))
+        return asyncio.run(run(servers, judge, texts, guarded=input_extra is not None))
 
 
 def start_redis() -> tuple[subprocess.Popen[bytes], str] | None:
@@ -196,6 +214,7 @@ def main() -> int:
     load = os.getloadavg()[0]
     started = time.perf_counter()
     results = {
+        "bare": scenario("bare", texts, None),
         "before": scenario("before", texts, BEFORE),
         "after": scenario("after", texts, AFTER),
     }
@@ -215,15 +234,15 @@ def main() -> int:
             Column("after", 7, ",d"),
             Column("latency before s", 16, ".3f"),
             Column("after s", 7, ".3f"),
-            Column("cpu before ms", 13, ".1f"),
+            Column("guard cpu before ms", 19, ".1f"),
             Column("after ms", 8, ".1f"),
             Column("redis hits", 10, ".0%"),
         ]
     )
-    before, after = results["before"][0], results["after"][0]
+    bare, before, after = results["bare"][0], results["before"][0], results["after"][0]
     hits = results["redis"][0] if "redis" in results else [{"hit_rate": None}] * turns
     for n in range(turns):
-        b, a = before[n], after[n]
+        b, a, own = before[n], after[n], bare[n]["cpu_ms"]
         table.add(
             n,
             a["new"],
@@ -231,13 +250,19 @@ def main() -> int:
             a["judge_chars"],
             b["latency_s"],
             a["latency_s"],
-            b["cpu_ms"],
-            a["cpu_ms"],
+            b["cpu_ms"] - own,
+            a["cpu_ms"] - own,
             hits[n]["hit_rate"],
         )
     total = [sum(r["judge_chars"] for r in rows) for rows in (before, after)]
+    long = after[turns // 2]
+    calls = max(1, long["judge_calls"])
+    one_call = JUDGE_LATENCY_S + JUDGE_S_PER_KCHAR * long["judge_chars"] / calls / 1000
     note = (
         f"judge characters over the conversation: before {total[0]:,}, after {total[1]:,}\n"
+        f"long turn ({long['new']:,} new characters): {calls} judge calls, latency "
+        f"{long['latency_s']:.3f} s = {long['latency_s'] / one_call:.2f}x one call's"
+        f" {one_call:.3f} s; one after another they would take {calls * one_call:.2f} s\n"
         + ("" if redis else "redis: skipped (no redis-server on the PATH)\n")
         + machine_line(load, started, "stubs, servers and this client")
     )

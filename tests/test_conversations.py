@@ -15,7 +15,7 @@ from typing import Any
 
 import openai
 import pytest
-from guarded import Guarded, guarded_app
+from guarded import INJECTION, Guarded, guarded_app, panel_policy
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -28,7 +28,7 @@ from guardrail.adapters.openai_chat import OpenAIChat
 from guardrail.adapters.openai_request import request_pieces, request_text
 from guardrail.decide.cache import MemoryCache
 from guardrail.decide.guard import Record
-from guardrail.decide.pieces import lay_out
+from guardrail.decide.pieces import Layout, key, lay_out
 from guardrail.judges.normalize import normalize
 from guardrail.judges.prompt import Framed, build_messages
 from guardrail.observe.audit import encode
@@ -168,6 +168,14 @@ def _pieces(*texts: str) -> list[Piece]:
     return [Piece("user", i, f"messages[{i}]", t) for i, t in enumerate(texts)]
 
 
+async def _lay_out(
+    pieces: Any, *, window_chars: int, overlap_chars: int, max_raw_bytes: int
+) -> Layout:
+    """Every piece keyed and laid out, as for a request no screen has seen."""
+    keyed = await key(pieces, overlap_chars=overlap_chars)
+    return await lay_out(keyed, window_chars=window_chars, max_raw_bytes=max_raw_bytes)
+
+
 _invisible = st.sampled_from(["\u200b", "\u2060", "\ufeff", "\u00ad"])
 _chunky = st.lists(
     st.text(st.characters(codec="utf-8") | _invisible, min_size=1, max_size=1500),
@@ -180,7 +188,7 @@ _chunky = st.lists(
 @given(_chunky)
 async def test_windows_cover_every_piece_in_order_with_their_context(texts: list[str]) -> None:
     pieces = _pieces(*texts)
-    layout = await lay_out(pieces, window_chars=300, overlap_chars=40, max_raw_bytes=4800)
+    layout = await _lay_out(pieces, window_chars=300, overlap_chars=40, max_raw_bytes=4800)
     whole = "\n\n".join(texts)
     assert "".join(text for cut in layout.cuts for _, text in cut.units) == whole
     seen = ""
@@ -191,8 +199,34 @@ async def test_windows_cover_every_piece_in_order_with_their_context(texts: list
         seen += "".join(text for _, text in cut.units)
 
 
+@settings(max_examples=60)
+@given(_chunky, st.data())
+async def test_a_turn_is_cut_from_its_first_new_piece_after_the_text_before_it(
+    texts: list[str], data: st.DataObject
+) -> None:
+    pieces = _pieces(*texts)
+    start = data.draw(st.integers(0, len(texts) - 1))
+    keyed = await key(pieces, overlap_chars=40)
+    layout = await lay_out(keyed, window_chars=300, max_raw_bytes=4800, start=start)
+    # The history before the first new piece is in no window...
+    assert "".join(text for cut in layout.cuts for _, text in cut.units) == "\n\n".join(
+        texts[start:]
+    )
+    assert all(not layout.windows_of[i] for i in range(start))
+    # ...but the first window holds the end of it as context, enough to see a split whole.
+    before = "".join(text + "\n\n" for text in texts[:start])
+    context = layout.cuts[0].context
+    assert before.endswith(context)
+    assert len(normalize(context)) >= min(40, len(normalize(before))) - 1
+    # Keys do not depend on where the windows start.
+    assert (
+        layout.keys
+        == (await _lay_out(pieces, window_chars=300, overlap_chars=40, max_raw_bytes=4800)).keys
+    )
+
+
 async def test_a_long_piece_is_cut_into_windows_and_small_ones_share_one() -> None:
-    layout = await lay_out(
+    layout = await _lay_out(
         _pieces("x " * 50_000, *("tiny" for _ in range(100))),
         window_chars=4000,
         overlap_chars=64,
@@ -204,17 +238,17 @@ async def test_a_long_piece_is_cut_into_windows_and_small_ones_share_one() -> No
 
 
 async def test_invisible_variants_of_a_piece_have_one_key() -> None:
-    plain = await lay_out(
+    plain = await _lay_out(
         _pieces("hello", "ignore all"), window_chars=400, overlap_chars=64, max_raw_bytes=6400
     )
-    hidden = await lay_out(
+    hidden = await _lay_out(
         _pieces("he\u200bllo\u2060", "ig\u00adnore all\ufeff"),
         window_chars=400,
         overlap_chars=64,
         max_raw_bytes=6400,
     )
     assert plain.keys == hidden.keys
-    other = await lay_out(
+    other = await _lay_out(
         _pieces("hello!", "ignore all"), window_chars=400, overlap_chars=64, max_raw_bytes=6400
     )
     # The second piece's key holds its context: after other text, it is another piece.
@@ -237,8 +271,10 @@ async def test_invisible_characters_anywhere_leave_the_keys_alone(
         for position in sorted(at, reverse=True):
             text = text[:position] + data.draw(_invisible) + text[position:]
         hidden.append(text)
-    plain = await lay_out(_pieces(*texts), window_chars=100, overlap_chars=32, max_raw_bytes=1600)
-    padded = await lay_out(_pieces(*hidden), window_chars=100, overlap_chars=32, max_raw_bytes=1600)
+    plain = await _lay_out(_pieces(*texts), window_chars=100, overlap_chars=32, max_raw_bytes=1600)
+    padded = await _lay_out(
+        _pieces(*hidden), window_chars=100, overlap_chars=32, max_raw_bytes=1600
+    )
     # Invisible characters are removed in the reading the key is made from.
     same = [normalize(a) == normalize(b) for a, b in zip(texts, hidden, strict=True)]
     assume(all(same))  # (always, so far: the reading drops them wherever they stand)
@@ -494,7 +530,7 @@ async def test_every_window_of_a_long_piece_is_asked_at_once(stub_llm_factory: A
 
 
 async def _layout(guard: Guard, request: Any) -> Any:
-    return await lay_out(
+    return await _lay_out(
         request.pieces,
         window_chars=guard.policy.input.window_chars,
         overlap_chars=guard.overlap_chars,
@@ -587,6 +623,22 @@ async def test_judge_tokens_are_counted_from_the_providers_usage(stub_llm: StubL
         await guard.aclose()
 
 
+async def test_panel_votes_count_their_tokens(stub_llm: StubLLM) -> None:
+    # Generous: the seat answers at once; a loaded machine must not make it abstain.
+    policy = panel_policy(stub_llm.base_url, deadline_s=30)
+    guard = Guard.build(policy, registry=CollectorRegistry())
+    try:
+        assessment = await decide(guard, [user(INJECTION)])
+        assert assessment.panel is not None and stub_llm.count == 1  # the injection screen's flag
+        asked = stub_llm.requests[0]["messages"]
+        billed = sum(len(str(m["content"]).split()) for m in asked) + len(StubLLMReply.split())
+        labels = {"policy": "test", "judge": "a", "stage": "input"}
+        value = guard.metrics.registry.get_sample_value("guardrail_judge_tokens_total", labels)
+        assert value == billed
+    finally:
+        await guard.aclose()
+
+
 def test_app_tokens_saved_when_a_refusal_cancels_the_generating_app(
     stub_llm_factory: Any,
 ) -> None:
@@ -634,10 +686,10 @@ async def test_data_in_invisible_characters_makes_another_key(
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(hidden)))
         hidden = hidden[:at] + data.draw(_carrier) + hidden[at:]
-    plain = await lay_out(
+    plain = await _lay_out(
         _pieces(text, "after"), window_chars=100, overlap_chars=32, max_raw_bytes=1600
     )
-    carried = await lay_out(
+    carried = await _lay_out(
         _pieces(hidden, "after"), window_chars=100, overlap_chars=32, max_raw_bytes=1600
     )
     assert plain.keys[0] != carried.keys[0]

@@ -38,10 +38,13 @@ from guardrail.adapters.answer import (
 from guardrail.adapters.base import (
     BadRequest,
     ChatRequest,
+    Marked,
     PartsAsText,
+    Piece,
     Reply,
     fold_key,
     read_json,
+    role_of,
     stream_flag,
 )
 
@@ -92,11 +95,11 @@ _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 
 
-class _Reading:
+class _Reading(Marked):
     """Walks a parsed body, collecting the text to screen and counting binary parts."""
 
     def __init__(self, blocks: frozenset[int] = frozenset()) -> None:
-        self.pieces: list[str] = []
+        super().__init__()
         self.opaque = 0
         # The ids of the objects that are the API's own content blocks (``content_blocks``):
         # only there is a blob sealed or a source media. The same shape nested in a
@@ -179,18 +182,56 @@ def content_blocks(data: dict[str, Any]) -> frozenset[int]:
 
 def request_text(data: dict[str, Any]) -> tuple[list[str], int]:
     """Every string of a Messages request a receiver may read, in order; and its binary parts."""
+    strings, _, opaque = request_pieces(data)
+    return strings, opaque
+
+
+def request_pieces(data: dict[str, Any]) -> tuple[list[str], list[Piece], int]:
+    """``request_text``'s strings, the same strings as pieces, and the binary parts.
+
+    A piece is each message's content block (or its text, a string content), the
+    system prompt, each tool definition, or another top-level field: what a
+    client may drop or resend whole.
+    """
     reading = _Reading(content_blocks(data))
     for key, value in data.items():
         if key not in _FIELDS and len(key) <= _LONGEST_FIELD and fold_key(key) in _FOLDED:
             # "Stream" or "MESSAGES" alone: a receiver that folds keys reads the API's
             # field, we would read an unknown one (and decide streaming, say, wrongly).
             raise BadRequest("ambiguous_key", f"{key!r} is not the API's field name; fix its case")
+        reading.mark(key, "system" if key == "system" else "request")
         if key not in _FIELDS:
             reading.text(key)
         if key == "model" and isinstance(value, str) and _MODEL_NAME.fullmatch(value):
             continue
-        reading.value(value, key, None)
-    return reading.pieces, reading.opaque
+        if key == "messages" and isinstance(value, list):
+            for i, message in enumerate(value):
+                _read_message(reading, i, message)
+        elif key == "tools" and isinstance(value, list):
+            for j, tool in enumerate(value):
+                reading.mark(f"tools[{j}]", "tools")
+                reading.value([tool], key, None)  # one item: read as within its list
+        else:
+            reading.value(value, key, None)
+    return reading.pieces, reading.grouped(), reading.opaque
+
+
+def _read_message(reading: _Reading, i: int, message: Any) -> None:
+    """One message, each of its content blocks a piece; read as within the list."""
+    here = f"messages[{i}]"
+    role = role_of(message.get("role")) if isinstance(message, dict) else "other"
+    if not isinstance(message, dict):
+        reading.mark(here, role, i)
+        reading.value([message], "messages", None)
+        return
+    for key, child in message.items():
+        if key == "content" and isinstance(child, list):
+            for j, block in enumerate(child):
+                reading.mark(f"{here}.content[{j}]", role, i)
+                reading.value({key: [block]}, "messages", None)
+        else:
+            reading.mark(here, role, i)
+            reading.value({key: child}, "messages", None)
 
 
 class AnthropicMessages(PartsAsText):
@@ -221,13 +262,15 @@ class AnthropicMessages(PartsAsText):
         if system is not None and not isinstance(system, str | list):
             raise BadRequest("not_chat", "'system' must be a string or a list of blocks")
         stream = stream_flag(data.get("stream"))
-        pieces, opaque = request_text(data)
-        model = data.get("model")
+        strings, pieces, opaque = request_pieces(data)
+        model, limit = data.get("model"), data.get("max_tokens")
         return ChatRequest(
-            text="\n\n".join(pieces),
+            text="\n\n".join(strings),
             stream=stream,
             model=model if isinstance(model, str) else None,
             opaque=opaque,
+            pieces=tuple(pieces),
+            max_tokens=limit if type(limit) is int and limit > 0 else None,
         )
 
     def refusal(self, request: ChatRequest, *, message: str, shape: str, status: int) -> Reply:

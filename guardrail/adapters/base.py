@@ -58,6 +58,36 @@ def role_of(value: object) -> str:
     return value if isinstance(value, str) and value in ROLES else "other"
 
 
+class Marked:
+    """The strings a walk read from a body, in order, and where each run was read.
+
+    A reader calls ``mark`` when it enters a piece (a message, a content block, a
+    tool); ``grouped`` then gives the strings as pieces, each location's runs joined.
+    """
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        # Where each run of ``pieces`` was read: (first index, JSON location, role, message).
+        self.marks: list[tuple[int, str, str, int | None]] = []
+
+    def mark(self, location: str, role: str, message: int | None = None) -> None:
+        """The strings read from now on belong to the piece at ``location``."""
+        if self.marks and self.marks[-1][0] == len(self.pieces):
+            self.marks.pop()  # the last piece got no text
+        self.marks.append((len(self.pieces), location, role, message))
+
+    def grouped(self) -> list[Piece]:
+        """The strings read, one piece per location (a location's runs joined in order)."""
+        runs: dict[str, list[str]] = {}
+        where: dict[str, tuple[str, int | None]] = {}
+        ends = [start for start, *_ in self.marks[1:]] + [len(self.pieces)]
+        for (start, location, role, message), end in zip(self.marks, ends, strict=True):
+            if start < end:
+                runs.setdefault(location, []).extend(self.pieces[start:end])
+                where[location] = (role, message)
+        return [Piece(*where[at], at, "\n\n".join(texts)) for at, texts in runs.items()]
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """The parts of a chat request the guard needs."""

@@ -29,7 +29,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from guardrail.adapters.base import BadRequest, ChatRequest, Piece, fold_key, role_of
+from guardrail.adapters.base import BadRequest, ChatRequest, Marked, Piece, fold_key, role_of
 
 # The API's own field names (chat completions, its content parts and tools) and
 # JSON Schema's keywords: fixed words that carry no user text. Any other key is text.
@@ -109,6 +109,9 @@ class Vocabulary:
     # see. Elsewhere (a tool's schema, metadata, an unknown field) the same shape is
     # JSON a model or the app reads as text, base64 and all.
     media_fields: frozenset[str] = frozenset({"messages"})
+    # The list of the conversation's turns: each item, and each of its content
+    # parts and tool calls, is a piece of its own (decide.pieces).
+    conversation: str = "messages"
     longest: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -127,36 +130,17 @@ def _folded(fields: frozenset[str]) -> frozenset[str]:
     return frozenset(fold_key(name) for name in fields)
 
 
-class _Reading:
+class _Reading(Marked):
     """Walks a parsed body, collecting the text to screen and counting binary parts."""
 
     def __init__(self, vocabulary: Vocabulary) -> None:
-        self.pieces: list[str] = []
+        super().__init__()
         self.opaque = 0
         self.fields, self.enums = vocabulary.fields, vocabulary.enums
         self.binary_keys = vocabulary.binary_keys
         self.reference_keys = vocabulary.reference_keys
         self.media_fields = vocabulary.media_fields
         self.media_here = False  # within a field of ``media_fields`` (set per top-level field)
-        # Where each run of ``pieces`` was read: (first index, JSON location, role, message).
-        self.marks: list[tuple[int, str, str, int | None]] = []
-
-    def mark(self, location: str, role: str, message: int | None = None) -> None:
-        """The strings read from now on belong to the piece at ``location``."""
-        if self.marks and self.marks[-1][0] == len(self.pieces):
-            self.marks.pop()  # the last piece got no text
-        self.marks.append((len(self.pieces), location, role, message))
-
-    def grouped(self) -> list[Piece]:
-        """The strings read, one piece per location (a location's runs joined in order)."""
-        runs: dict[str, list[str]] = {}
-        where: dict[str, tuple[str, int | None]] = {}
-        ends = [start for start, *_ in self.marks[1:]] + [len(self.pieces)]
-        for (start, location, role, message), end in zip(self.marks, ends, strict=True):
-            if start < end:
-                runs.setdefault(location, []).extend(self.pieces[start:end])
-                where[location] = (role, message)
-        return [Piece(*where[at], at, "\n\n".join(texts)) for at, texts in runs.items()]
 
     def value(self, value: Any, key: str | None, parent: str | None) -> None:
         # Recursion is bounded: read_json refused anything nested deeper than MAX_DEPTH.
@@ -323,9 +307,9 @@ def _read(data: dict[str, Any], vocabulary: Vocabulary) -> _Reading:
             reading.text(key)
         if key == "model" and isinstance(value, str) and _MODEL_NAME.fullmatch(value):
             continue
-        if key == "messages" and isinstance(value, list):
+        if key == vocabulary.conversation and isinstance(value, list):
             for i, message in enumerate(value):
-                _read_message(reading, i, message)
+                _read_message(reading, key, i, message)
         elif key in _DEFINITIONS and isinstance(value, list):
             for j, item in enumerate(value):
                 reading.mark(f"{key}[{j}]", "tools")
@@ -335,22 +319,37 @@ def _read(data: dict[str, Any], vocabulary: Vocabulary) -> _Reading:
     return reading
 
 
-def _read_message(reading: _Reading, i: int, message: Any) -> None:
-    """One message, its content parts and tool calls each a piece; read as in the list."""
-    here = f"messages[{i}]"
-    role = role_of(message.get("role")) if isinstance(message, dict) else "other"
+def _read_message(reading: _Reading, field: str, i: int, message: Any) -> None:
+    """One turn, its content parts and tool calls each a piece; read as in the list."""
+    here = f"{field}[{i}]"
+    role = _role(message)
     if not isinstance(message, dict):
         reading.mark(here, role, i)
-        reading.value([message], "messages", None)
+        reading.value([message], field, None)
         return
     for key, child in message.items():
         if key in _PART_LISTS and isinstance(child, list):
             for j, item in enumerate(child):
                 reading.mark(f"{here}.{key}[{j}]", role, i)
-                reading.value({key: [item]}, "messages", None)
+                reading.value({key: [item]}, field, None)
         else:
             reading.mark(here, role, i)
-            reading.value({key: child}, "messages", None)
+            reading.value({key: child}, field, None)
+
+
+def _role(message: Any) -> str:
+    """Who wrote a turn: its role; a Responses item without one by its type (a tool's
+    output is the tool's, a call or reasoning the assistant's)."""
+    if not isinstance(message, dict):
+        return "other"
+    if "role" in message:
+        return role_of(message["role"])
+    kind = message.get("type")
+    if isinstance(kind, str) and kind.endswith("_output"):
+        return "tool"
+    if isinstance(kind, str) and (kind.endswith("_call") or kind == "reasoning"):
+        return "assistant"
+    return "other"
 
 
 def read_request(data: dict[str, Any], vocabulary: Vocabulary, *, code: str) -> ChatRequest:

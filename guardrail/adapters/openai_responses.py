@@ -103,6 +103,7 @@ RESPONSES = Vocabulary(
     # Files and images the vendor fetches by id or URL: their content is unseen.
     reference_keys=frozenset({"file_id", "file_url", "image_url"}),
     media_fields=frozenset({"input", "prompt"}),  # items and a stored prompt's variables
+    conversation="input",
 )
 # Where a request names what the model reads; without one of them there is no request.
 _SOURCES = ("input", "prompt", "previous_response_id", "conversation")

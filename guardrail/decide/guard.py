@@ -19,7 +19,7 @@ from guardrail.decide.cache import Counted, MemoryCache, RedisCache, VerdictCach
 from guardrail.decide.decision import Decision
 from guardrail.decide.factory import build_judge, build_panel, build_screens, unset_api_keys
 from guardrail.decide.panel import PanelOutcome, PanelRunner
-from guardrail.decide.pieces import Layout, history_before, lay_out
+from guardrail.decide.pieces import Keyed, Layout, history_before, key, lay_out
 from guardrail.decide.screening import Job, Screen, Screening, screen_all, screen_jobs
 from guardrail.judges.base import Judge, JudgeFailure, Verdict
 from guardrail.judges.reach import reach
@@ -135,11 +135,14 @@ class Guard:
         r, adapter = self.policy.refusal, adapter or self.adapter
         message = r.message
         if r.detail and assessment is not None:
-            flagged = sorted(
-                {p.message for p in assessment.screening.flagged_pieces if p.message is not None}
-            )
+            # Each flagged turn as its API names it: "messages[2]", a Responses "input[2]".
+            flagged = {
+                p.message: p.location.partition("]")[0] + "]"
+                for p in assessment.screening.flagged_pieces
+                if p.message is not None
+            }
             if flagged:
-                named = ", ".join(f"messages[{i}]" for i in flagged)
+                named = ", ".join(flagged[i] for i in sorted(flagged))
                 message = f"{message} (flagged: {named})"
         return adapter.refusal(request, message=message, shape=r.shape, status=r.status)
 
@@ -152,52 +155,70 @@ class Guard:
         if query:
             pieces = (*pieces, Piece("request", None, "?", query))
         stage = self.policy.input
+        keyed = await key(pieces, overlap_chars=self.overlap_chars)
+        plan = await self._plan(keyed)
+        # Only text from the first piece some screen has not passed is cut into windows.
+        start = min((p.new.index(True) for p in plan if True in p.new), default=len(pieces))
         layout = await lay_out(
-            pieces,
+            keyed,
             window_chars=stage.window_chars,
-            overlap_chars=self.overlap_chars,
             max_raw_bytes=16 * stage.window_chars,
+            start=start,
         )
-        jobs, plan = await self._jobs(layout)
+        jobs, cuts = self._jobs(layout, plan)
         screening = await screen_jobs(jobs, limit=stage.max_concurrency)
-        await self._remember(layout, plan, screening)
+        await self._remember(layout, plan, cuts, screening)
         return await self._decide("\n".join(filter(None, (request.text, query))), screening)
 
-    async def _jobs(self, layout: Layout) -> tuple[list[Job], list[_Planned]]:
-        """Each screen on each window holding a piece it has not passed."""
-        history = history_before(layout.pieces) if self.policy.input.history == "latest_only" else 0
-        jobs: list[Job] = []
+    async def _plan(self, keyed: Keyed) -> list[_Planned]:
+        """For each screen, the pieces' keys and which pieces it has not passed."""
+        history = history_before(keyed.pieces) if self.policy.input.history == "latest_only" else 0
         plan: list[_Planned] = []
         for n, screen in enumerate(self.screens):
             prefix = f"{self.cache_prefix}:{n}:{screen.judge.name}:{','.join(screen.asks)}:"
-            keys = [prefix + key for key in layout.keys]
+            keys = [prefix + key for key in keyed.keys]
             known = await self.cache.passed(keys) if self.cache is not None else [False] * len(keys)
             seen: set[str] = set()
             new = []
-            for piece, key, hit in zip(layout.pieces, keys, known, strict=True):
+            for piece, key_, hit in zip(keyed.pieces, keys, known, strict=True):
                 # A repeat of a piece with the same context is screened once.
                 history_only = piece.message is not None and piece.message < history
-                new.append(not hit and key not in seen and not history_only)
-                seen.add(key)
+                new.append(not hit and key_ not in seen and not history_only)
+                seen.add(key_)
+            plan.append(_Planned(keys, new))
+        return plan
+
+    def _jobs(self, layout: Layout, plan: list[_Planned]) -> tuple[list[Job], list[list[int]]]:
+        """Each screen on each window holding a piece it has not passed; and those windows."""
+        jobs: list[Job] = []
+        cuts_of: list[list[int]] = []
+        for screen, planned in zip(self.screens, plan, strict=True):
+            new = planned.new
             cuts = [c for c, cut in enumerate(layout.cuts) if any(new[i] for i in cut.pieces)]
             for c in cuts:
                 cut = layout.cuts[c]
                 named = tuple(layout.pieces[i] for i in sorted(cut.pieces) if new[i])
                 jobs.append(Job(screen, cut.passage(new, self.overlap_chars), named))
-            plan.append(_Planned(keys, new, cuts))
-        return jobs, plan
+            cuts_of.append(cuts)
+        return jobs, cuts_of
 
-    async def _remember(self, layout: Layout, plan: list[_Planned], screening: Screening) -> None:
+    async def _remember(
+        self,
+        layout: Layout,
+        plan: list[_Planned],
+        cuts_of: list[list[int]],
+        screening: Screening,
+    ) -> None:
         """Cache each new piece every window of which passed (a definite verdict, not a flag)."""
         if self.cache is None:
             return
         results = iter(screening.by_job)
         passed: list[str] = []
-        for planned in plan:
-            ok = {c for c in planned.cuts if _passed(next(results, None))}
-            for i, key in enumerate(planned.keys):
+        for planned, cuts in zip(plan, cuts_of, strict=True):
+            ok = {c for c in cuts if _passed(next(results, None))}
+            for i, key_ in enumerate(planned.keys):
                 if planned.new[i] and all(c in ok for c in layout.windows_of[i]):
-                    passed.append(key)
+                    passed.append(key_)
         await self.cache.remember(passed)
 
     async def assess(self, text: str, stage: Stage = "input") -> Assessment:
@@ -297,6 +318,8 @@ class Guard:
             child(m.overturned, policy).inc()
         for seat in outcome.seats:
             child(m.panel_votes, policy, seat.judge, seat.state).inc()
+            if seat.tokens:
+                child(m.judge_tokens, policy, seat.judge, stage).inc(seat.tokens)
             if seat.abstained is not None:  # every abstain vote, cancelled stragglers too
                 child(m.panel_abstentions, policy, seat.judge, seat.abstained).inc()
             if seat.abstained == "cancelled":
@@ -336,11 +359,10 @@ class Guard:
 
 @dataclass(frozen=True, slots=True)
 class _Planned:
-    """One screen's share of a request: its keys, which pieces are new, the windows it sees."""
+    """One screen's share of a request: its keys, and which pieces it has not passed."""
 
     keys: list[str]
     new: list[bool]
-    cuts: list[int]
 
 
 def _passed(result: object) -> bool:

@@ -41,7 +41,9 @@ from guardrail.judges.base import (
     JudgeError,
     JudgeFailure,
     JudgeResult,
+    JudgeUsage,
     connection_wait,
+    judge_usage,
 )
 
 log = logging.getLogger("guardrail")
@@ -76,6 +78,7 @@ class SeatResult:
     latency_s: float
     abstained: Abstention | None = None
     attempts: int = 1
+    tokens: int = 0  # what the provider billed over all attempts, where it said (usage)
 
     @property
     def cancelled(self) -> bool:
@@ -163,6 +166,14 @@ def _asked(judge: Judge, question: Sequence[str]) -> Judge:
 
 
 async def _ask(judge: Judge, text: str, deadline: float) -> SeatResult:
+    """One seat's vote, and the tokens its calls were billed for."""
+    usage = JudgeUsage()
+    judge_usage.set(usage)  # this task's own context: no reset needed
+    seat = await _vote(judge, text, deadline)
+    return replace(seat, tokens=usage.tokens) if usage.tokens else seat
+
+
+async def _vote(judge: Judge, text: str, deadline: float) -> SeatResult:
     """One seat's vote; a 429 is retried with backoff, a few times, while the deadline allows."""
     loop = asyncio.get_running_loop()
     start = time.perf_counter()

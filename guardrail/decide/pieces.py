@@ -13,6 +13,12 @@ has not passed. Because the key holds the context too, a piece that moved
 next to new text is new again: an attack split across two pieces is always
 seen whole by one window (if no longer than ``overlap``), however the pieces
 were sent before.
+
+Keys come first (``key``), windows second (``lay_out``): once the verdict
+cache said which pieces are new, only the text from the first new piece on is
+cut into windows, after the context before it. A conversation's history is
+read once per process (``_NORMAL`` keeps each piece's reading), so what a turn
+costs grows with its new text, not with the conversation.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +38,7 @@ from guardrail.judges.prompt import Framed
 
 # Raw characters per unit fed to the windowing: a long piece is cut at most this
 # far past a window's end.
-UNIT_CHARS = 256
+UNIT_CHARS = 1024
 _SEPARATOR = "\n\n"  # between pieces, as in the joined request text
 # Invisible characters a model can read as data: tag characters (ASCII spelled
 # invisibly) and variation selectors (bytes hidden after any character). The
@@ -78,6 +84,15 @@ class Cut:
 
 
 @dataclass(frozen=True, slots=True)
+class Keyed:
+    """A request's pieces, each with its key (made with ``overlap_chars`` of context)."""
+
+    pieces: tuple[Piece, ...]
+    keys: tuple[str, ...]
+    overlap_chars: int
+
+
+@dataclass(frozen=True, slots=True)
 class Layout:
     """A request cut for screening: each piece's key, and the windows."""
 
@@ -87,30 +102,73 @@ class Layout:
     windows_of: tuple[tuple[int, ...], ...]  # for each piece, the cuts holding its text
 
 
-async def lay_out(
-    pieces: Sequence[Piece], *, window_chars: int, overlap_chars: int, max_raw_bytes: int
-) -> Layout:
-    """Key every piece and cut the pieces into overlapping windows."""
-    windows = Windows(
-        window_chars=window_chars,
-        overlap_chars=overlap_chars,
-        hold_back=False,
-        max_raw_bytes=max_raw_bytes,
-    )
+class _Readings:
+    """Each recent piece's reading (normalised text, hidden carriers), by its raw text.
+
+    A chat client resends the whole conversation every turn: without this, each
+    turn would normalise all of it again. Bounded in entries and in characters
+    (a reading can be longer than its text); least recently used goes first.
+    """
+
+    def __init__(self, entries: int, chars: int) -> None:
+        self._entries, self._chars = entries, chars
+        self._held: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._size = 0
+
+    async def of(self, text: str) -> tuple[str, str]:
+        if (reading := self._held.get(text)) is not None:
+            self._held.move_to_end(text)
+            return reading
+        reading = ((await readings(text))[0], "".join(_CARRIERS.findall(text)))
+        if text in self._held:  # another request read it meanwhile
+            return reading
+        self._held[text] = reading
+        self._size += _chars(text, reading)
+        while len(self._held) > self._entries or (self._size > self._chars and self._held):
+            old, old_reading = self._held.popitem(last=False)
+            self._size -= _chars(old, old_reading)
+        return reading
+
+
+def _chars(text: str, reading: tuple[str, str]) -> int:
+    return len(text) + len(reading[0]) + len(reading[1])
+
+
+_NORMAL = _Readings(entries=1 << 16, chars=1 << 24)
+
+
+async def key(pieces: Sequence[Piece], *, overlap_chars: int) -> Keyed:
+    """Each piece's key: its reading and the ``overlap_chars`` normalised characters before it."""
     keys: list[str] = []
-    cuts: list[Cut] = []
     tail = ""  # the last overlap_chars of the normalised text so far
-    fed: deque[tuple[int, str]] = deque()  # units in the window being filled
-    unyielded = 0  # characters worked on since the event loop last had a turn
-    for index, piece in enumerate(pieces):
-        normal = (await readings(piece.text))[0]
-        hidden = "".join(_CARRIERS.findall(piece.text))
+    for piece in pieces:
+        normal, hidden = await _NORMAL.of(piece.text)
         digest = hashlib.sha256(f"{tail}\x1f{normal}\x1f{hidden}".encode("utf-8", "surrogatepass"))
         keys.append(digest.hexdigest())
         tail = f"{tail} {normal}{hidden}"[-overlap_chars:] if overlap_chars else ""
+    return Keyed(tuple(pieces), tuple(keys), overlap_chars)
+
+
+async def lay_out(keyed: Keyed, *, window_chars: int, max_raw_bytes: int, start: int = 0) -> Layout:
+    """Cut the pieces from ``start`` on into overlapping windows, after the context before it.
+
+    Pieces before ``start`` are in no window: every screen knows them already.
+    """
+    windows = Windows(
+        window_chars=window_chars,
+        overlap_chars=keyed.overlap_chars,
+        hold_back=False,
+        max_raw_bytes=max_raw_bytes,
+    )
+    pieces = keyed.pieces
+    cuts: list[Cut] = []
+    fed: deque[tuple[int, str]] = deque()  # units in the window being filled
+    unyielded = 0  # characters worked on since the event loop last had a turn
+    for index in range(start, len(pieces)):
+        piece = pieces[index]
         text = piece.text if index == len(pieces) - 1 else piece.text + _SEPARATOR
-        for start in range(0, len(text), UNIT_CHARS):
-            chunk = text[start : start + UNIT_CHARS]
+        for begin in range(0, len(text), UNIT_CHARS):
+            chunk = text[begin : begin + UNIT_CHARS]
             fed.append((index, chunk))
             unit = Unit(chunk.encode("utf-8", "surrogatepass"), (("request", chunk),))
             window = windows.add(unit)
@@ -124,11 +182,35 @@ async def lay_out(
     if not windows.empty:
         window = windows.close()
         cuts.append(_cut(window.text, fed, len(window.release)))
+    if cuts and start:
+        # The first window's context: the text just before ``start``, as the app has it.
+        cuts[0] = Cut(_text_before(pieces, start, keyed.overlap_chars), cuts[0].units)
     windows_of: list[list[int]] = [[] for _ in pieces]
     for c, cut in enumerate(cuts):
         for i in cut.pieces:
             windows_of[i].append(c)
-    return Layout(tuple(pieces), tuple(keys), tuple(cuts), tuple(map(tuple, windows_of)))
+    return Layout(pieces, keyed.keys, tuple(cuts), tuple(map(tuple, windows_of)))
+
+
+def _text_before(pieces: Sequence[Piece], start: int, chars: int) -> str:
+    """The shortest end of the text before piece ``start`` that reads as ``chars``
+    normalised characters (or all of it), without reading more than it needs."""
+    ends: list[str] = []
+    have = 0
+    for index in range(start - 1, -1, -1):
+        text = pieces[index].text + _SEPARATOR
+        take = min(len(text), chars)
+        while True:
+            end = text[len(text) - take :]
+            n = count(end)
+            if have + n >= chars or take == len(text):
+                break
+            take = min(len(text), 2 * take)  # invisible or blank runs read shorter
+        ends.append(end)
+        have += n
+        if have >= chars:
+            break
+    return "".join(reversed(ends))
 
 
 def _cut(text: str, fed: deque[tuple[int, str]], count: int) -> Cut:

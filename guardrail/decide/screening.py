@@ -146,13 +146,30 @@ async def screen_jobs(jobs: Sequence[Job], *, limit: int | None = None) -> Scree
     }
     heard: list[tuple[int, JudgeResult]] = []
     handed_over: list[Screen] = []  # cut off: the panel is asked their question instead
+    # Window by window: the local judges after the first read the window's
+    # normalised text from the cache the first one filled (normalize.readings).
+    first_at: dict[str, int] = {}
+    for n, job in enumerate(jobs):
+        if job.screen.judge.inline:
+            first_at.setdefault(job.text, n)
+    inline = sorted(
+        (n for n, job in enumerate(jobs) if job.screen.judge.inline),
+        key=lambda n: first_at[jobs[n].text],
+    )
+    # One window: its local flag comes before any network call is sent. Several
+    # (a long document): the event loop gets a turn between windows, so the
+    # network calls go out and wait while the local judges work, and the request
+    # takes about one call's latency rather than the local work plus it.
+    interleave = bool(tasks) and len(first_at) > 1
     try:
-        for n, job in enumerate(jobs):
-            if job.screen.judge.inline:
-                result = await judge_once(job.screen.judge, job.text, job.screen.timeout_s)
-                heard.append((n, result))
-                if _settles(jobs, *heard[-1]):
-                    return _screening(jobs, heard, handed_over)
+        for n in inline:
+            if interleave:
+                await asyncio.sleep(0)
+            job = jobs[n]
+            result = await judge_once(job.screen.judge, job.text, job.screen.timeout_s)
+            heard.append((n, result))
+            if _settles(jobs, *heard[-1]):
+                return _screening(jobs, heard, handed_over)
         pending = set(tasks)
         while pending:
             if any(_disputes(jobs, *h) for h in heard):

@@ -275,8 +275,8 @@ class GuardrailMetrics:
         )
         self.judge_tokens = Counter(
             "guardrail_judge_tokens",
-            "Tokens judges were billed for input and output screens, as their providers "
-            "reported (usage); calls cut off before an answer report none.",
+            "Tokens judges were billed for input and output screens and panel votes, as "
+            "their providers reported (usage); calls cut off before an answer report none.",
             ["policy", "judge", "stage"],
             registry=registry,
         )
