@@ -657,6 +657,27 @@ def test_app_tokens_saved_when_a_refusal_cancels_the_generating_app(
         assert served.sample("guardrail_app_tokens_saved_total", {}) == 300
 
 
+def test_app_tokens_saved_when_a_cut_answer_cancels_the_generating_app(
+    stub_llm_factory: Any,
+) -> None:
+    said = "Sure, here it is: 4111 1111 1111 1111"
+    reply = said + " and then some more text." * 24
+    # Ten chunks two seconds apart: the card is in the first, its window full with the
+    # second, so the app is still generating (16 s to go) when the guard cuts the answer.
+    upstream = stub_llm_factory(reply=reply, stream_chunks=10, chunk_delay_s=2.0)
+    output = "output: {screens: [{judge: pii}], window_chars: 65, overlap_chars: 64}\n"
+    with guarded_app(conversation_policy(extra=output), upstream.base_url) as served:
+        chunks = served.client().chat.completions.create(
+            model="gpt-4o-mini", messages=[user(BENIGN)], max_tokens=1000, stream=True
+        )
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+        assert finish[-1] == "content_filter"
+        assert served.sample("guardrail_app_cancelled_total", {"reason": "blocked"}) == 1
+        saved = served.sample("guardrail_app_tokens_saved_total", {})
+        # Its limit, less at least what the flagged window held, at most the whole reply.
+        assert 1000 - len(reply) // 4 - 1 <= saved <= 1000 - len(normalize(said)) // 4
+
+
 # --- invisible characters that carry data: never one key with the plain text ---------
 
 

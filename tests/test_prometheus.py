@@ -33,6 +33,8 @@ import httpx
 import pytest
 import yaml
 from guarded import BENIGN, CARD, INJECTION, Guarded, guarded_app
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_server import Labels, Prometheus, free_port, require_binary
 from served import Served, wait_for
@@ -809,6 +811,22 @@ def test_the_dashboard_draws_from_prometheus(observed: Observed, tmp_path: Path)
     assert not empty, f"panels with no data: {empty}"
     assert len(drawn.series) == 11
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@settings(max_examples=30)  # each example opens an HTTP client (no request is sent)
+@given(
+    st.floats(1e9, 2e9, allow_nan=False),
+    st.floats(0.001, 86_400, allow_nan=False),
+)
+def test_the_rendered_series_end_on_the_last_moment_asked(end: float, range_s: float) -> None:
+    """A rate drawn over the range sees the last scrape: the query's last point is ``end``."""
+    pytest.importorskip("matplotlib", reason="pip install -e '.[observability]'")
+    from examples.observability.render_dashboard import Source
+
+    source = Source("http://127.0.0.1:9", end - range_s, end, ".*")
+    points = (source.end - source.start) / source.step_s
+    assert math.isclose(points, round(points), abs_tol=1e-6)
+    assert source.start <= end - range_s + 0.5  # the whole range asked for, rounded
 
 
 RELOADABLE = """\

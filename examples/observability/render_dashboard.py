@@ -79,9 +79,13 @@ class Source:
     """Prometheus' HTTP API, over one time range."""
 
     def __init__(self, url: str, start: float, end: float, policy: str) -> None:
-        self.url, self.start, self.end, self.policy = url.rstrip("/"), start, end, policy
+        self.url, self.end, self.policy = url.rstrip("/"), end, policy
         self.range_s = max(1, round(end - start))
         self.step_s = max(1, self.range_s // 120)
+        # A range query's points are start + k * step: the last one falls on ``end``
+        # itself, so it sees the latest scrape. (Points laid from ``start`` could end
+        # just before it, and a rate over the range would then miss a series' last sample.)
+        self.start = end - self.step_s * -(-self.range_s // self.step_s)
         self.http = httpx.Client(timeout=30.0)
 
     def _get(self, path: str, **params: Any) -> list[dict[str, Any]]:

@@ -229,6 +229,10 @@ class GuardedExchange:
             self.record.decision = "error_allowed"  # fail-open released what we could not read
         if self.record.stream_cut is not None and not app_task.done():
             await self._cancel_app(app_task, "blocked")
+            if request.max_tokens and self.record.app_cancelled == "blocked":
+                # What it had left to generate: its limit less what it sent.
+                left = request.max_tokens - answer.generated_tokens
+                self.record.app_tokens_saved = max(0, left)
         elif not app_task.cancelled():
             await app_task  # the app's own exception is re-raised, not swallowed
         self._note_added_latency(hold)

@@ -41,6 +41,10 @@ from guardrail.flow.framing import (
 )
 from guardrail.flow.windows import Window, Windows
 
+# A common estimate for English text with OpenAI's tokenizers: used only to count what
+# a cut answer did not generate (guardrail_app_tokens_saved_total), never to decide.
+CHARS_PER_TOKEN = 4
+
 Then = Literal["finish", "refuse"]
 
 # Headers whose values are structure, not text anyone reads as language.
@@ -123,6 +127,11 @@ class AnswerScreen:
         self._progress = Progress()
         self._released_text = False
         self._released_steps: list[str] = []  # the stream grammar's steps the client has seen
+
+    @property
+    def generated_tokens(self) -> int:
+        """About how many tokens of answer the app sent so far (four characters a token)."""
+        return -(-self._windows.text_chars // CHARS_PER_TOKEN)
 
     async def feed(self, message: Message) -> None:
         """One message from the app, in order."""

@@ -78,6 +78,7 @@ class Windows:
         self._fill = 0  # normalised characters not yet screened
         self._raw = 0  # their bytes
         self._total = 0  # normalised characters of the whole stream so far
+        self._generated = 0  # of them, the channels' text (not side values: ids, names)
         self._channels: dict[str, _Channel] = {}
         self._seen: set[str] = set()  # side values screened already (ids repeat every event)
 
@@ -86,12 +87,18 @@ class Windows:
         """Whether nothing waits for a window."""
         return not self._entries
 
+    @property
+    def text_chars(self) -> int:
+        """Normalised characters of the channels' text taken so far: what was generated."""
+        return self._generated
+
     def add(self, unit: Unit) -> Window | None:
         """Take the next unit; a window once enough text is waiting."""
         counts = tuple(count(text) for _, text in unit.flows)
         fresh = tuple(dict.fromkeys(v for v in unit.side if v and v not in self._seen))
         self._seen.update(fresh)
         self._entries.append(_Entry(unit, counts, fresh))
+        self._generated += sum(counts)
         for (channel, _), n in zip(unit.flows, counts, strict=True):
             self._total += n
             self._channels.setdefault(channel, _Channel()).last_at = self._total

@@ -282,8 +282,9 @@ class GuardrailMetrics:
         )
         self.app_tokens_saved = Counter(
             "guardrail_app_tokens_saved",
-            "App tokens not generated because a refusal cancelled the app: at most the "
-            "request's max_tokens (max_completion_tokens), counted only where it set one.",
+            "App tokens not generated because a refusal cancelled the app: the request's "
+            "max_tokens (max_completion_tokens, max_output_tokens), less the answer so far "
+            "at four characters a token if an answer was cut; only where it set one.",
             ["policy"],
             registry=registry,
         )
