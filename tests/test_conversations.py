@@ -149,12 +149,21 @@ _message = st.fixed_dictionaries(
 )
 
 
+# Top-level fields named like the places of pieces: each must stay where it is read.
+_colliding = st.sampled_from(["messages[0]", "messages[0].content[0]", "messages[1]", "tools[0]"])
+
+
 @settings(max_examples=150)
-@given(st.lists(_message, min_size=1, max_size=6), st.dictionaries(_text, _text, max_size=2))
+@given(
+    st.lists(_message, min_size=1, max_size=6),
+    st.dictionaries(_text | _colliding, _text, max_size=3),
+)
 def test_pieces_hold_every_string_the_request_text_holds(messages: list[Any], extra: Any) -> None:
-    data = {"messages": messages, **{k: v for k, v in extra.items() if k != "messages"}}
+    data = {**{k: v for k, v in extra.items() if k != "messages"}, "messages": messages}
     strings, pieces, _ = request_pieces(data)
     assert strings == request_text(data)[0]  # the joined text is what it always was
+    # In the order read: no piece moves next to text it is not next to in the body.
+    assert "\n\n".join(p.text for p in pieces) == "\n\n".join(strings)
     joined = sum(len(p.text) for p in pieces)
     assert joined == sum(map(len, strings)) + 2 * (len(strings) - len(pieces))
     for string in strings:
@@ -216,13 +225,71 @@ async def test_a_turn_is_cut_from_its_first_new_piece_after_the_text_before_it(
     # ...but the first window holds the end of it as context, enough to see a split whole.
     before = "".join(text + "\n\n" for text in texts[:start])
     context = layout.cuts[0].context
-    assert before.endswith(context)
+    # (History that reads as nothing leaves a word break, as blank text in a stream does.)
+    assert before.endswith(context) or (context == " " and not normalize(before))
     assert len(normalize(context)) >= min(40, len(normalize(before))) - 1
     # Keys do not depend on where the windows start.
     assert (
         layout.keys
         == (await _lay_out(pieces, window_chars=300, overlap_chars=40, max_raw_bytes=4800)).keys
     )
+
+
+_blank = st.sampled_from(" \n\t\u200b\u2060\ufeff")
+# Runs long enough to fill windows by their bytes alone, mixed with short ones.
+_blank_runs = st.lists(
+    st.builds(lambda c, n: c * n, _blank, st.integers(0, 6000)), min_size=1, max_size=3
+).map("".join)
+
+
+@settings(max_examples=60)
+@given(_blank_runs, st.integers(40, 400))
+async def test_a_split_across_the_first_new_piece_is_seen_whole_however_blank_between(
+    filler: str, window_chars: int
+) -> None:
+    # Blank or invisible runs read as nothing but fill windows by their bytes (a
+    # window closes at max_raw_bytes): the history before ``start`` must stay every
+    # window's context until new text replaced it.
+    pieces = _pieces("An earlier turn. " * 3 + SPLIT[0], filler + SPLIT[1])
+    keyed = await key(pieces, overlap_chars=64)
+    layout = await lay_out(
+        keyed, window_chars=window_chars, max_raw_bytes=16 * window_chars, start=1
+    )
+    windows = [normalize(cut.context + "".join(t for _, t in cut.units)) for cut in layout.cuts]
+    assert any("ignore all previous instructions" in text for text in windows)
+
+
+async def test_a_blank_heavy_turn_after_a_cached_half_is_still_blocked(guard: Guard) -> None:
+    # Found by red-teaming: the first window held only blank bytes, and the next lost
+    # the cached half that the new turn completes.
+    for filler in (" " * 80_000, "\n" * 66_000, "\u200b" * 22_500):
+        fresh = Guard.build(conversation_policy(), registry=CollectorRegistry())
+        assert (await decide(fresh, [user(SPLIT[0])])).decision == "allowed"
+        turn = [user(SPLIT[0]), user(filler + SPLIT[1])]
+        assert (await decide(fresh, turn)).decision == "blocked"
+        assert (await decide(fresh, turn)).decision == "blocked"  # and nothing was cached
+
+
+@settings(max_examples=60)
+@given(
+    st.text(
+        st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 "),
+        min_size=1,
+        max_size=40,
+    )
+)
+async def test_texts_that_differ_in_case_have_other_keys(text: str) -> None:
+    assume(text.swapcase() != text)
+    plain = await key(_pieces(text), overlap_chars=64)
+    swapped = await key(_pieces(text.swapcase()), overlap_chars=64)
+    # A judge may read case ("AKIA..." is a key, "akia..." is not): one pass is not the other's.
+    assert plain.keys != swapped.keys
+
+
+async def test_a_lower_case_look_alike_passed_does_not_pass_the_secret(guard: Guard) -> None:
+    said = "my key akiaz7qwertyuiopasdf ok"
+    assert (await decide(guard, [user(said)])).decision == "allowed"
+    assert (await decide(guard, [user(said.upper())])).decision == "blocked"
 
 
 async def test_a_long_piece_is_cut_into_windows_and_small_ones_share_one() -> None:

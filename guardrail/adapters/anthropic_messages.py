@@ -42,6 +42,7 @@ from guardrail.adapters.base import (
     PartsAsText,
     Piece,
     Reply,
+    field_location,
     fold_key,
     read_json,
     role_of,
@@ -199,7 +200,7 @@ def request_pieces(data: dict[str, Any]) -> tuple[list[str], list[Piece], int]:
             # "Stream" or "MESSAGES" alone: a receiver that folds keys reads the API's
             # field, we would read an unknown one (and decide streaming, say, wrongly).
             raise BadRequest("ambiguous_key", f"{key!r} is not the API's field name; fix its case")
-        reading.mark(key, "system" if key == "system" else "request")
+        reading.mark(field_location(key), "system" if key == "system" else "request")
         if key not in _FIELDS:
             reading.text(key)
         if key == "model" and isinstance(value, str) and _MODEL_NAME.fullmatch(value):

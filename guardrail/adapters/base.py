@@ -77,15 +77,31 @@ class Marked:
         self.marks.append((len(self.pieces), location, role, message))
 
     def grouped(self) -> list[Piece]:
-        """The strings read, one piece per location (a location's runs joined in order)."""
-        runs: dict[str, list[str]] = {}
-        where: dict[str, tuple[str, int | None]] = {}
+        """The strings read as pieces, in the order read: a run of strings per mark, and
+        runs of one location next to each other joined (a message's fields).
+
+        Runs are never moved: a piece sits where the receiver reads its text, so
+        two halves of a split stay next to each other in the windows.
+        """
+        found: list[tuple[str, str, int | None, list[str]]] = []
         ends = [start for start, *_ in self.marks[1:]] + [len(self.pieces)]
         for (start, location, role, message), end in zip(self.marks, ends, strict=True):
-            if start < end:
-                runs.setdefault(location, []).extend(self.pieces[start:end])
-                where[location] = (role, message)
-        return [Piece(*where[at], at, "\n\n".join(texts)) for at, texts in runs.items()]
+            if start == end:
+                continue
+            if found and found[-1][0] == location:
+                found[-1][3].extend(self.pieces[start:end])
+            else:
+                found.append((location, role, message, self.pieces[start:end]))
+        return [Piece(role, message, at, "\n\n".join(texts)) for at, role, message, texts in found]
+
+
+def field_location(key: str) -> str:
+    """A top-level field's location: its name, or quoted if it is not a plain name,
+    so no field can take the location of a message (``messages[0]``) or a tool."""
+    return key if _PLAIN_NAME.fullmatch(key) else f"[{json.dumps(key)}]"
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,15 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from guardrail.adapters.base import BadRequest, ChatRequest, Marked, Piece, fold_key, role_of
+from guardrail.adapters.base import (
+    BadRequest,
+    ChatRequest,
+    Marked,
+    Piece,
+    field_location,
+    fold_key,
+    role_of,
+)
 
 # The API's own field names (chat completions, its content parts and tools) and
 # JSON Schema's keywords: fixed words that carry no user text. Any other key is text.
@@ -293,7 +301,7 @@ def _read(data: dict[str, Any], vocabulary: Vocabulary) -> _Reading:
     reading = _Reading(vocabulary)
     fields = vocabulary.fields
     for key, value in data.items():
-        reading.mark(key, "request")
+        reading.mark(field_location(key), "request")
         reading.media_here = key in vocabulary.media_fields
         if (
             key not in fields

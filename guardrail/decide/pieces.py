@@ -6,9 +6,10 @@ into windows counted in normalised characters, each repeating the last
 ``overlap`` characters before it. So a long piece is several windows screened
 side by side, and many small pieces share one.
 
-Each piece has a key: a hash of its normalised text and of the ``overlap``
-normalised characters before it. A screen that passed a piece under that key
-need not see it again; a window is screened when it holds a piece the screen
+Each piece has a key: a hash of its reading (invisible characters removed,
+lookalikes mapped, case kept: a judge may read case) and of the ``overlap``
+characters of that reading before it. A screen that passed a piece under that
+key need not see it again; a window is screened when it holds a piece the screen
 has not passed. Because the key holds the context too, a piece that moved
 next to new text is new again: an attack split across two pieces is always
 seen whole by one window (if no longer than ``overlap``), however the pieces
@@ -40,6 +41,7 @@ from guardrail.judges.prompt import Framed
 # far past a window's end.
 UNIT_CHARS = 1024
 _SEPARATOR = "\n\n"  # between pieces, as in the joined request text
+_CHANNEL = "request"  # the one channel of text the windowing keeps context for
 # Invisible characters a model can read as data: tag characters (ASCII spelled
 # invisibly) and variation selectors (bytes hidden after any character). The
 # reading a key is made of drops them, so the key keeps them as they stand:
@@ -119,7 +121,8 @@ class _Readings:
         if (reading := self._held.get(text)) is not None:
             self._held.move_to_end(text)
             return reading
-        reading = ((await readings(text))[0], "".join(_CARRIERS.findall(text)))
+        # Case kept: a judge may tell "AKIA..." (a key) from "akia..." (none).
+        reading = ((await readings(text, fold=False))[0], "".join(_CARRIERS.findall(text)))
         if text in self._held:  # another request read it meanwhile
             return reading
         self._held[text] = reading
@@ -161,6 +164,10 @@ async def lay_out(keyed: Keyed, *, window_chars: int, max_raw_bytes: int, start:
         max_raw_bytes=max_raw_bytes,
     )
     pieces = keyed.pieces
+    if start:
+        # The text before ``start`` is every window's context until new text has
+        # replaced it, however little a window's own text reads as (blank runs).
+        windows.prime(_CHANNEL, _text_before(pieces, start, keyed.overlap_chars))
     cuts: list[Cut] = []
     fed: deque[tuple[int, str]] = deque()  # units in the window being filled
     unyielded = 0  # characters worked on since the event loop last had a turn
@@ -170,7 +177,7 @@ async def lay_out(keyed: Keyed, *, window_chars: int, max_raw_bytes: int, start:
         for begin in range(0, len(text), UNIT_CHARS):
             chunk = text[begin : begin + UNIT_CHARS]
             fed.append((index, chunk))
-            unit = Unit(chunk.encode("utf-8", "surrogatepass"), (("request", chunk),))
+            unit = Unit(chunk.encode("utf-8", "surrogatepass"), ((_CHANNEL, chunk),))
             window = windows.add(unit)
             if window is not None:
                 cuts.append(_cut(window.text, fed, len(window.release)))
@@ -182,9 +189,6 @@ async def lay_out(keyed: Keyed, *, window_chars: int, max_raw_bytes: int, start:
     if not windows.empty:
         window = windows.close()
         cuts.append(_cut(window.text, fed, len(window.release)))
-    if cuts and start:
-        # The first window's context: the text just before ``start``, as the app has it.
-        cuts[0] = Cut(_text_before(pieces, start, keyed.overlap_chars), cuts[0].units)
     windows_of: list[list[int]] = [[] for _ in pieces]
     for c, cut in enumerate(cuts):
         for i in cut.pieces:

@@ -92,6 +92,14 @@ class Windows:
         """Normalised characters of the channels' text taken so far: what was generated."""
         return self._generated
 
+    def prime(self, channel: str, text: str) -> None:
+        """Take ``text`` as what came before the stream on ``channel``: context only,
+        never screened or released here, kept as any screened text is."""
+        if text:
+            self._channels.setdefault(channel, _Channel()).remember(
+                text, count(text), self._overlap
+            )
+
     def add(self, unit: Unit) -> Window | None:
         """Take the next unit; a window once enough text is waiting."""
         counts = tuple(count(text) for _, text in unit.flows)
