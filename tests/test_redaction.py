@@ -7,10 +7,12 @@ End to end through the example app, served by a real uvicorn, called by the real
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given, settings
@@ -702,6 +704,33 @@ async def test_what_a_redacting_judge_finds_is_gone_or_the_app_waits(
     pii = guard.judges["pii"]
     # The app starts before the verdict only with a body no redacting judge flags.
     assert outcome.failed or not (await pii.screen(left)).flagged
+
+
+@pytest.mark.parametrize(
+    "file_data",
+    [
+        "data:text/plain;base64,"
+        + base64.b64encode(f"Card {CARD}, mail {EMAIL}".encode()).decode(),
+        "data:text/plain," + quote(f"Card {CARD}, mail {EMAIL}"),
+    ],
+    ids=["base64", "percent-encoded"],
+)
+def test_a_value_inside_a_text_data_url_never_reaches_the_app(
+    guarded: Served_, file_data: str
+) -> None:
+    # Found by red-teaming: redaction leaves data URLs whole (rewriting one would break
+    # it), the screens read them decoded. The app must then wait for the verdict, not
+    # start with the card in hand.
+    content: Any = [
+        {"type": "text", "text": "summarise this file"},
+        {"type": "file", "file": {"filename": "a.txt", "file_data": file_data}},
+    ]
+    answer = guarded.client().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": content}]
+    )
+    assert answer.choices[0].finish_reason == "content_filter"
+    guarded.settled()
+    assert guarded.app.bodies == []
 
 
 def test_a_key_inside_an_email_address_never_comes_back(guarded: Served_) -> None:

@@ -6,35 +6,34 @@ into windows counted in normalised characters, each repeating the last
 ``overlap`` characters before it. So a long piece is several windows screened
 side by side, and many small pieces share one.
 
-Each piece has a key: a hash of its reading (invisible characters removed,
-lookalikes mapped, case kept: a judge may read case) and of the ``overlap``
-characters of that reading before it. A screen that passed a piece under that
-key need not see it again; a window is screened when it holds a piece the screen
-has not passed. Because the key holds the context too, a piece that moved
-next to new text is new again: an attack split across two pieces is always
-seen whole by one window (if no longer than ``overlap``), however the pieces
-were sent before.
+Each piece has a key: a hash of its exact text and of all the text before it
+in the request (a chain: each key extends the one before). A screen that
+passed a piece under that key need not see it again; a window is screened
+when it holds a piece the screen has not passed. A client resending its
+conversation sends the same text in the same order, so every old piece is a
+hit; anything else is new, because two texts that differ in any character (an
+invisible one that a judge reads as a word break, a case a secret check
+tells apart) can get different verdicts, and a piece after different text may
+complete or be completed by it.
 
 Keys come first (``key``), windows second (``lay_out``): once the verdict
 cache said which pieces are new, only the text from the first new piece on is
-cut into windows, after the context before it. A conversation's history is
-read once per process (``_NORMAL`` keeps each piece's reading), so what a turn
-costs grows with its new text, not with the conversation.
+cut into windows, after the context before it. Keys need no normalising, so
+what a turn costs grows with its new text, not with the conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from guardrail.adapters.base import Piece
 from guardrail.flow.framing import Unit
 from guardrail.flow.windows import Windows, count
-from guardrail.judges.normalize import CHUNK, readings
+from guardrail.judges.normalize import CHUNK
 from guardrail.judges.prompt import Framed
 
 # Raw characters per unit fed to the windowing: a long piece is cut at most this
@@ -42,11 +41,6 @@ from guardrail.judges.prompt import Framed
 UNIT_CHARS = 1024
 _SEPARATOR = "\n\n"  # between pieces, as in the joined request text
 _CHANNEL = "request"  # the one channel of text the windowing keeps context for
-# Invisible characters a model can read as data: tag characters (ASCII spelled
-# invisibly) and variation selectors (bytes hidden after any character). The
-# reading a key is made of drops them, so the key keeps them as they stand:
-# "hello" passed must not pass "hello" followed by a hidden instruction.
-_CARRIERS = re.compile("[\ufe00-\ufe0f\U000e0000-\U000e0fff]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +81,7 @@ class Cut:
 
 @dataclass(frozen=True, slots=True)
 class Keyed:
-    """A request's pieces, each with its key (made with ``overlap_chars`` of context)."""
+    """A request's pieces, each with its key; ``overlap_chars``: the windows' context."""
 
     pieces: tuple[Piece, ...]
     keys: tuple[str, ...]
@@ -104,51 +98,20 @@ class Layout:
     windows_of: tuple[tuple[int, ...], ...]  # for each piece, the cuts holding its text
 
 
-class _Readings:
-    """Each recent piece's reading (normalised text, hidden carriers), by its raw text.
-
-    A chat client resends the whole conversation every turn: without this, each
-    turn would normalise all of it again. Bounded in entries and in characters
-    (a reading can be longer than its text); least recently used goes first.
-    """
-
-    def __init__(self, entries: int, chars: int) -> None:
-        self._entries, self._chars = entries, chars
-        self._held: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._size = 0
-
-    async def of(self, text: str) -> tuple[str, str]:
-        if (reading := self._held.get(text)) is not None:
-            self._held.move_to_end(text)
-            return reading
-        # Case kept: a judge may tell "AKIA..." (a key) from "akia..." (none).
-        reading = ((await readings(text, fold=False))[0], "".join(_CARRIERS.findall(text)))
-        if text in self._held:  # another request read it meanwhile
-            return reading
-        self._held[text] = reading
-        self._size += _chars(text, reading)
-        while len(self._held) > self._entries or (self._size > self._chars and self._held):
-            old, old_reading = self._held.popitem(last=False)
-            self._size -= _chars(old, old_reading)
-        return reading
-
-
-def _chars(text: str, reading: tuple[str, str]) -> int:
-    return len(text) + len(reading[0]) + len(reading[1])
-
-
-_NORMAL = _Readings(entries=1 << 16, chars=1 << 24)
-
-
 async def key(pieces: Sequence[Piece], *, overlap_chars: int) -> Keyed:
-    """Each piece's key: its reading and the ``overlap_chars`` normalised characters before it."""
+    """Each piece's key: a hash of the request's text up to and including it."""
     keys: list[str] = []
-    tail = ""  # the last overlap_chars of the normalised text so far
+    chain = hashlib.sha256()
+    unyielded = 0
     for piece in pieces:
-        normal, hidden = await _NORMAL.of(piece.text)
-        digest = hashlib.sha256(f"{tail}\x1f{normal}\x1f{hidden}".encode("utf-8", "surrogatepass"))
-        keys.append(digest.hexdigest())
-        tail = f"{tail} {normal}{hidden}"[-overlap_chars:] if overlap_chars else ""
+        text = piece.text.encode("utf-8", "surrogatepass")
+        # Length first: ["ab", "c"] and ["a", "bc"] are other requests.
+        chain.update(len(text).to_bytes(8, "big") + text)
+        keys.append(chain.copy().hexdigest())
+        unyielded += len(text)
+        if unyielded >= 1 << 20:
+            await asyncio.sleep(0)  # a 4 MiB body: other requests get their turn
+            unyielded = 0
     return Keyed(tuple(pieces), tuple(keys), overlap_chars)
 
 

@@ -29,7 +29,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -183,7 +183,14 @@ class Outcome:
     failed: bool = False
 
 
-async def redact_request(guard: Guard, body: bytes, text: str, query: str = "") -> Outcome:
+async def redact_request(
+    guard: Guard,
+    body: bytes,
+    text: str,
+    query: str = "",
+    *,
+    read: Callable[[bytes], str] | None = None,
+) -> Outcome:
     """Redact the request if a redacting screen's judge flags its text.
 
     The judges are first asked about the whole text (the cost on the allow
@@ -192,8 +199,10 @@ async def redact_request(guard: Guard, body: bytes, text: str, query: str = "") 
     screens' timeouts) or failing, it redacts nothing and says so: the app then
     waits for the verdict, and the screens, run on the request as it came,
     refuse it for what they find. So does a value redaction cannot reach (a
-    key, the ``query``, a value only a folded reading finds): the screens will
-    refuse it, and the app must not have it before they do.
+    key, the ``query``, a value only a folded reading finds, one inside a text
+    data URL or a base64 text document that ``read``, the adapter's reading of
+    a body, decodes): the screens will refuse it, and the app must not have it
+    before they do.
     """
     screens = redacting_screens(guard)
     if not screens:
@@ -204,7 +213,10 @@ async def redact_request(guard: Guard, body: bytes, text: str, query: str = "") 
             if not flagging:
                 return Outcome()
             redaction = await redact(flagging, body, text)
-            left = _everything(redaction.body if redaction is not None else body) + query
+            given = redaction.body if redaction is not None else body
+            left = _everything(given) + query
+            if read is not None:
+                left += "\n" + read(given)  # as the screens read it: data URLs decoded
             for screen in flagging:
                 if (await screen.judge.screen(left)).flagged:
                     return Outcome(redaction, failed=True)

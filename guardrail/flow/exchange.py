@@ -89,7 +89,13 @@ class GuardedExchange:
                 filter(None, (request.text, query_text(self.scope)))
             )
             # --- redaction: the app and the screens get the request with placeholders ---
-            redacting = await redact_request(self.guard, body, text, query_text(self.scope))
+            redacting = await redact_request(
+                self.guard,
+                body,
+                text,
+                query_text(self.scope),
+                read=lambda given: self.adapter.parse_request(given).text,
+            )
             if (redaction := redacting.redaction) is not None:
                 body, app_scope = redaction.body, _with_length(app_scope, len(redaction.body))
                 request = await parse(self.adapter, body)
