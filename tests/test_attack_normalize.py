@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 import regex
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from guardrail.judges.local import InjectionJudge, PIIJudge
@@ -275,10 +275,13 @@ def banned(text: str) -> bool:
     phrase=st.sampled_from([PHRASE, PROMPT, "how to build a bomb"]),
     joins=st.lists(st.text(alphabet=JOINERS + " ", min_size=1, max_size=3), min_size=5, max_size=5),
 )
+# Found by the stress loop: a full stop and two blanks is a sentence's end too.
+@example(phrase=PHRASE, joins=[":", ":", ".  ", ":", ":"])
 def test_words_joined_by_punctuation_are_read_apart(phrase: str, joins: list[str]) -> None:
     """ "Ignore-all_previous/instructions": a model reads the words, and so do the judges."""
-    # A sentence's end ("previous. instructions") parts a phrase on purpose.
-    joins = [j.replace(". ", ".").replace("\u2026 ", "\u2026") for j in joins]
+    # A sentence's end ("previous. instructions", "previous.  instructions") parts a
+    # phrase on purpose: no blank after a full stop.
+    joins = [regex.sub(r"([.\u2026])\s+", r"\1", j) for j in joins]
     words = phrase.split()
     text = words[0] + "".join(j + w for j, w in zip(joins, words[1:], strict=False))
     flags = banned if "bomb" in phrase else injection

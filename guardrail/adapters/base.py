@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any, Protocol
 
 from guardrail.adapters.answer import AnswerParts, Progress
+from guardrail.judges.normalize import char_class
 
 
 class BadRequest(Exception):
@@ -280,16 +281,8 @@ def _break_run(match: re.Match[str]) -> str:
 @cache
 def _long_non_starter_runs() -> re.Pattern[str]:
     """Runs of more than 30 non-starters; built on first use from the Unicode database."""
-    marks = [c for c in range(0x300, sys.maxunicode + 1) if unicodedata.combining(chr(c))]
-    ranges: list[list[int]] = []
-    for code in marks:
-        if ranges and ranges[-1][1] == code - 1:
-            ranges[-1][1] = code
-        else:
-            ranges.append([code, code])
-    members = "".join(
-        re.escape(chr(a)) + ("" if a == b else "-" + re.escape(chr(b))) for a, b in ranges
-    )
+    marks = (c for c in range(0x300, sys.maxunicode + 1) if unicodedata.combining(chr(c)))
+    members = char_class(marks)
     others = "".join(map(re.escape, sorted(NON_STARTER_DECOMPOSITIONS)))
     return re.compile(f"[{members}{others}]{{{_STREAM_SAFE_RUN + 1},}}")
 

@@ -7,7 +7,9 @@ out of a window's context.
 
 Each channel of text (a choice's content, a tool call's arguments, the SSE
 lines) is screened with its own last ``overlap_chars`` characters before the new
-text: a match no longer than that is always seen whole by one window.
+text: a match no longer than that is always seen whole by one window. That
+context is stored squeezed (``_Channel``), so text that reads as little but
+weighs a lot is not repeated, megabytes at a time, in front of every window.
 
 In hold-back mode a window that passed releases its units except those that
 carry the last ``overlap_chars`` characters of a channel still writing: no
@@ -21,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from guardrail.flow.framing import Unit
-from guardrail.judges.normalize import normalize
+from guardrail.judges.normalize import normalize, squeeze, tag_count, without_tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,24 +41,64 @@ class _Entry:
     side: tuple[str, ...]  # its side values not seen before in this stream
 
 
+# A piece of context longer than this many characters per character it reads
+# as (tags included) is mostly blank: it is stored squeezed.
+_SPARSE = 8
+_PRIME_CHARS = 1024  # text taken as context before a stream is remembered in parts this long
+
+
 @dataclass(slots=True)
 class _Channel:
-    context: deque[tuple[str, int]] = field(default_factory=deque)  # its last pieces, screened
-    size: int = 0  # normalised characters in the context
+    """A channel's screened text that the next window repeats: its context.
+
+    Two guarantees, each in its own count. The joined reading (tags and other
+    invisibles read as nothing) keeps at least ``keep`` characters, whole
+    pieces. Tag characters, which only the spaced reading reads, are kept in
+    the shortest end that reads as ``keep`` with them (``near``); before it
+    (``far``) they are dropped, which leaves the joined reading unchanged. Blank
+    runs are squeezed (``normalize.squeeze``): the context reads the same and
+    weighs at most a few bytes per character it reads, whatever it was sent as.
+    """
+
+    far: deque[tuple[str, int]] = field(default_factory=deque)  # (text, joined count)
+    near: deque[tuple[str, int, int]] = field(default_factory=deque)  # (text, joined, wide)
+    size: int = 0  # joined characters in far and near
+    wide: int = 0  # joined and tag characters in near
     last_at: int = 0  # the stream's count when it last wrote
 
+    def texts(self) -> list[str]:
+        """The context, in order."""
+        return [text for text, _ in self.far] + [text for text, _, _ in self.near]
+
     def remember(self, piece: str, n: int, keep: int) -> None:
-        """Add a screened piece; keep the shortest tail of at least ``keep`` characters."""
-        if n == 0:
-            # Invisible or blank: only a word break matters to a matcher, once.
-            blank = any(char.isspace() for char in piece)
-            if blank and (not self.context or self.context[-1][1]):
-                self.context.append((" ", 0))
+        """Add a screened piece that reads as ``n`` characters joined."""
+        if not piece:
             return
-        self.context.append((piece, n))
+        wide = n + tag_count(piece)
+        if len(piece) > _SPARSE * (wide + 1):
+            piece = squeeze(piece)
+        if wide == 0 and self.near and self.near[-1][2] == 0:
+            # Blank after blank: one run, read as one word break at most.
+            piece = squeeze(self.near.pop()[0] + piece)
+        self.near.append((piece, n, wide))
         self.size += n
-        while self.context and self.size - self.context[0][1] >= keep:
-            self.size -= self.context.popleft()[1]
+        self.wide += wide
+        while self.near and self.wide - self.near[0][2] >= keep:
+            # Too far back for a match of ``keep`` to reach its tags.
+            text, joined, was = self.near.popleft()
+            self.wide -= was
+            self._recede(without_tags(text), joined)
+        # (``near`` alone reads as fewer than ``keep`` once the loop above is done.)
+        while self.far and self.size - self.far[0][1] >= keep:
+            self.size -= self.far.popleft()[1]
+
+    def _recede(self, text: str, n: int) -> None:
+        if len(text) > _SPARSE * (n + 1):
+            text = squeeze(text)
+        if n == 0 and self.far and self.far[-1][1] == 0:
+            text = squeeze(self.far.pop()[0] + text)
+        if text:
+            self.far.append((text, n))
 
 
 def count(text: str) -> int:
@@ -95,10 +137,13 @@ class Windows:
     def prime(self, channel: str, text: str) -> None:
         """Take ``text`` as what came before the stream on ``channel``: context only,
         never screened or released here, kept as any screened text is."""
-        if text:
-            self._channels.setdefault(channel, _Channel()).remember(
-                text, count(text), self._overlap
-            )
+        if not text:
+            return
+        state = self._channels.setdefault(channel, _Channel())
+        # In parts, as a stream would send it: tags far back in it are dropped.
+        for begin in range(0, len(text), _PRIME_CHARS):
+            part = text[begin : begin + _PRIME_CHARS]
+            state.remember(part, count(part), self._overlap)
 
     def add(self, unit: Unit) -> Window | None:
         """Take the next unit; a window once enough text is waiting."""
@@ -144,7 +189,7 @@ class Windows:
         for entry in new:
             for channel, piece in entry.unit.flows:
                 if channel not in pieces:
-                    pieces[channel] = [p for p, _ in self._channels[channel].context]
+                    pieces[channel] = self._channels[channel].texts()
                 pieces[channel].append(piece)
             side += entry.side
         texts = ["".join(p) for p in pieces.values()] + side

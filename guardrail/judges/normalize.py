@@ -36,11 +36,22 @@ import json
 import re
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-__all__ = ["mapped_reading", "normalize", "readings", "stream_safe", "strip_invisible"]
+__all__ = [
+    "char_class",
+    "mapped_reading",
+    "normalize",
+    "readings",
+    "squeeze",
+    "stream_safe",
+    "strip_invisible",
+    "tag_count",
+    "without_tags",
+]
 
 # Characters normalised between two turns of the event loop: about a
 # millisecond of work, so a 1 MiB body never holds the loop for long and a
@@ -290,6 +301,82 @@ def normalize(text: str, *, spaced: bool = False) -> str:
     """``strip_invisible``, then case folded and whitespace runs folded to one space."""
     folded, _ = _fold_spaces(_folded(_kept(text, spaced=spaced)), True)
     return folded.rstrip(" ")
+
+
+# --- shorter texts that read the same -----------------------------------------
+#
+# Context repeated in front of every window (``flow.windows``) is bounded in
+# characters a judge reads, so a text that reads as little but weighs a lot
+# (one letter, then a kilobyte of zero-width spaces, over and over) must be
+# stored short, or every window repeats megabytes.
+
+# Tag characters: invisible ASCII that the spaced reading (and a model) reads.
+_TAGS = re.compile("[\U000e0020-\U000e007e]")
+_NO_TAGS = dict.fromkeys(range(0xE0020, 0xE007F))
+
+
+def tag_count(text: str) -> int:
+    """How many tag characters ``text`` holds: text in the spaced reading, none in the joined."""
+    if text.isascii() or _TAGS.search(text) is None:
+        return 0
+    return len(text) - len(text.translate(_NO_TAGS))
+
+
+def without_tags(text: str) -> str:
+    """``text`` with its tag characters removed: its joined reading is unchanged."""
+    return text if text.isascii() else text.translate(_NO_TAGS)
+
+
+@cache
+def _blank_runs() -> re.Pattern[str]:
+    """Runs of two or more characters that both readings read as nothing or as whitespace."""
+    tables = _tables()
+    blank: list[int] = []
+    start = 0
+    for first, last in (*_MARK_FREE_RANGES, (0x110000, 0x110000)):
+        for code in range(start, first):
+            char = chr(code)
+            # Only a character some table drops, whitespace, or one NFKD changes can read blank.
+            candidate = code in tables.joined or char.isspace() or unicodedata.decomposition(char)
+            if candidate and not (normalize(char) or normalize(char, spaced=True)):
+                blank.append(code)
+        start = last + 1
+    return re.compile(f"[{char_class(blank)}]{{2,}}")
+
+
+def char_class(codes: Iterable[int]) -> str:
+    """The inside of a regex character class matching exactly ``codes`` (ascending)."""
+    ranges: list[list[int]] = []
+    for code in codes:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    return "".join(
+        re.escape(chr(a)) + ("" if a == b else "-" + re.escape(chr(b))) for a, b in ranges
+    )
+
+
+def squeeze(text: str) -> str:
+    """``text`` with each run of blank characters cut to one character that reads the same.
+
+    Blank: read as nothing or as whitespace in both readings (whitespace,
+    invisible characters but tags, combining marks). A run
+    reads as one space in both readings if it holds whitespace (a space
+    stands for it), else as nothing joined and one space spaced if it holds
+    an invisible character (that one stands for it), else as nothing (its
+    first mark does). Next to the text around it, the shorter run reads the
+    same in both readings, case kept or folded: what judges match is unchanged.
+    """
+    return _blank_runs().sub(_one_for_run, text)
+
+
+def _one_for_run(run: re.Match[str]) -> str:
+    text = run[0]
+    if _kept(text, spaced=False):
+        return " "  # what is left of a blank run joined is whitespace
+    invisible = _tables().invisible.search(text)
+    return invisible[0] if invisible is not None else text[0]
 
 
 # Every local judge reads the same request text: the first pays, the rest hit
