@@ -16,6 +16,13 @@ being screened on the same event loop, and records the longest a task
 waiting on I/O waited for its turn: one round of the big screens' chunks,
 not their whole work.
 
+A third table screens whole requests through the guard (``Guard.assess_request``,
+the same three judges as input screens, default windows): a benign text, one
+visible letter per KiB of zero-width spaces, and text spelled in tag
+characters. Per kind: the guard's CPU, its windows, and the characters its
+windows hold over the body's (what every judge reads, an LLM judge included):
+near 1 when a window's context costs little, whatever the text is made of.
+
 ``--baseline REV`` also screens the same texts with the judges of commit
 ``REV`` (its ``guardrail/`` checked out into a temporary directory and run in
 a child process, one after the other on the same machine) and adds a column:
@@ -45,6 +52,10 @@ ROOT = Path(__file__).resolve().parent.parent
 _ROOT_FLAG = sys.argv.index("--root") if "--root" in sys.argv else -1
 sys.path.insert(0, sys.argv[_ROOT_FLAG + 1] if _ROOT_FLAG >= 0 else str(ROOT))
 
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from guardrail import Guard, parse_policy  # noqa: E402
+from guardrail.decide.pieces import key, lay_out  # noqa: E402
 from guardrail.judges.local import InjectionJudge, KeywordJudge, PIIJudge  # noqa: E402
 
 KIB = 1024
@@ -143,6 +154,66 @@ async def small_beside_big(big_count: int) -> tuple[float, float, float]:
     return small, longest_gap, time.perf_counter() - started
 
 
+def tags(text: str) -> str:
+    """``text`` spelled in tag characters: invisible ASCII that a model reads."""
+    return "".join(chr(0xE0000 + ord(char)) for char in text)
+
+
+REQUEST_KINDS: dict[str, Callable[[int], str]] = {
+    "benign English": repeat(PROSE),
+    "x per KiB of zero-width": repeat("x" + "\u200b" * 1023),
+    "text in tags": lambda size: tags(repeat(PROSE)(size)),
+}
+GUARD_POLICY = """
+name: bench
+routes: [{path: /v1/chat/completions}]
+max_body_bytes: 67108864
+judges:
+  banned: {type: keywords, keywords: [nerve agent, ricin]}
+  pii: {type: pii}
+  injection: {type: injection}
+input:
+  screens:
+    - {judge: banned, timeout_s: 600}
+    - {judge: pii, timeout_s: 600}
+    - {judge: injection, timeout_s: 600}
+"""
+
+
+async def guard_once(text: str) -> tuple[float, int, int]:
+    """(guard CPU seconds, windows, characters in them) for one request of ``text``."""
+    guard = Guard.build(parse_policy(GUARD_POLICY), registry=CollectorRegistry())
+    message = {"role": "user", "content": text}
+    body = json.dumps({"model": "m", "messages": [message]}, ensure_ascii=False).encode()
+    request = guard.adapter.parse_request(body)
+    started = time.process_time()
+    assessment = await guard.assess_request(request)
+    cpu = time.process_time() - started
+    assert assessment.decision == "allowed", assessment.decision
+    # The windows the guard cut (as ``Guard.assess_pieces`` does for a request
+    # no screen has seen), to count what they hold.
+    keyed = await key(request.pieces, overlap_chars=guard.overlap_chars)
+    window = guard.policy.input.window_chars
+    layout = await lay_out(keyed, window_chars=window, max_raw_bytes=16 * window)
+    held = sum(len(cut.context) + sum(len(t) for _, t in cut.units) for cut in layout.cuts)
+    await guard.aclose()
+    return cpu, len(layout.cuts), held
+
+
+def guard_timings(
+    args: argparse.Namespace, sizes: dict[str, int]
+) -> list[tuple[str, str, float, int, int]]:
+    """(kind, size label, median guard CPU, windows, characters held) per request kind."""
+    rows = []
+    label = list(sizes)[-1]
+    for kind, make in REQUEST_KINDS.items():
+        texts = (make(sizes[label] - 2) + f" {n}" for n in range(args.repeats))
+        runs = [asyncio.run(guard_once(text)) for text in texts]
+        cpu = statistics.median(run[0] for run in runs)
+        rows.append((kind, label, cpu, runs[0][1], runs[0][2]))
+    return rows
+
+
 # A screen slower than this is not timed at the next size up.
 TOO_SLOW_S = 5.0
 
@@ -201,6 +272,9 @@ def main() -> None:
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     if args.json:  # the child of ``--baseline``: medians only, nothing checked
         medians = {f"{kind}/{label}": median for kind, label, median, _ in timings(args, sizes)}
+        for kind, label, cpu, _, held in guard_timings(args, sizes):
+            medians[f"guard {kind}/{label}"] = cpu
+            medians[f"held {kind}/{label}"] = held
         print(json.dumps(medians))
         return
     baseline = baseline_medians(args) if args.baseline else {}
@@ -224,6 +298,29 @@ def main() -> None:
             row += ["too slow", "-"] if before is None else [before * 1000, median / before]
         table.add(*row)
     table.print(f"Median of {args.repeats}; max stall is the longest over the repeats.")
+
+    guarded = [
+        Column("request", 24),
+        Column("size", 7, ""),
+        Column("guard CPU ms", 13, ".0f"),
+        Column("windows", 8, "d"),
+        Column("read / body", 12, ".2f"),
+    ]
+    if baseline:
+        guarded.append(Column(f"{args.baseline} CPU ms", 17, ".0f"))
+        guarded.append(Column(f"{args.baseline} read/body", 19, ".2f"))
+    requests = Table(guarded)
+    for kind, label, cpu, windows, held in guard_timings(args, sizes):
+        body = sizes[label]
+        line: list[object] = [kind, label, cpu * 1000, windows, held / body]
+        if baseline:
+            line.append(baseline[f"guard {kind}/{label}"] * 1000)
+            line.append(baseline[f"held {kind}/{label}"] / body)
+        requests.add(*line)
+    requests.print(
+        "One request through the guard (median CPU of the repeats); read / body: the "
+        "characters its windows hold, context included, over the body's."
+    )
 
     beside = Table(
         [
