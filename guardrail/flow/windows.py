@@ -54,8 +54,9 @@ class _Channel:
     Two guarantees, each in its own count. The joined reading (tags and other
     invisibles read as nothing) keeps at least ``keep`` characters, whole
     pieces. Tag characters, which only the spaced reading reads, are kept in
-    the shortest end that reads as ``keep`` with them (``near``); before it
-    (``far``) they are dropped, which leaves the joined reading unchanged. Blank
+    the shortest end that the spaced reading reads as ``keep`` (``near``);
+    before it (``far``) they are dropped, which leaves the joined reading
+    unchanged. Blank
     runs are squeezed (``normalize.squeeze``): the context reads the same and
     weighs at most a few bytes per character it reads, whatever it was sent as.
     """
@@ -63,7 +64,7 @@ class _Channel:
     far: deque[tuple[str, int]] = field(default_factory=deque)  # (text, joined count)
     near: deque[tuple[str, int, int]] = field(default_factory=deque)  # (text, joined, wide)
     size: int = 0  # joined characters in far and near
-    wide: int = 0  # joined and tag characters in near
+    wide: int = 0  # characters of near as the widest reading reads them (tags included)
     last_at: int = 0  # the stream's count when it last wrote
 
     def texts(self) -> list[str]:
@@ -74,7 +75,9 @@ class _Channel:
         """Add a screened piece that reads as ``n`` characters joined."""
         if not piece:
             return
-        wide = n + tag_count(piece)
+        # Tags read in the spaced reading only, where a run of tag spaces is one space:
+        # a piece with tags counts as that reading reads it.
+        wide = max(n, len(normalize(piece, spaced=True))) if tag_count(piece) else n
         if len(piece) > _SPARSE * (wide + 1):
             piece = squeeze(piece)
         if wide == 0 and self.near and self.near[-1][2] == 0:
