@@ -16,7 +16,7 @@ being screened on the same event loop, and records the longest a task
 waiting on I/O waited for its turn: one round of the big screens' chunks,
 not their whole work.
 
-A third table screens whole requests through the guard (``Guard.assess_request``,
+Between the two, a table screens whole requests through the guard (``Guard.assess_request``,
 the same three judges as input screens, default windows): a benign text, one
 visible letter per KiB of zero-width spaces, and text spelled in tag
 characters. Per kind: the guard's CPU, its windows, and the characters its
@@ -190,7 +190,7 @@ async def guard_once(text: str) -> tuple[float, int, int]:
     assessment = await guard.assess_request(request)
     cpu = time.process_time() - started
     assert assessment.decision == "allowed", assessment.decision
-    # The windows the guard cut (as ``Guard.assess_pieces`` does for a request
+    # The windows the guard cut (as ``Guard.assess_request`` does for a request
     # no screen has seen), to count what they hold.
     keyed = await key(request.pieces, overlap_chars=guard.overlap_chars)
     window = guard.policy.input.window_chars
